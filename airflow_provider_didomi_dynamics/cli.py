@@ -1,0 +1,67 @@
+"""The ``didomi-dynamics`` console script: validate a config, run the emulators, check a setup before a sync."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from airflow_provider_didomi_dynamics.config import ConfigError, IntegrationConfig
+
+EXIT_OK = 0
+EXIT_INVALID = 2
+
+
+def cmd_validate_config(args: argparse.Namespace) -> int:
+    """Exit 0 with a one-line summary, or 2 with every problem on its own line, each with its JSON path."""
+    try:
+        config = IntegrationConfig.from_file(args.path)
+    except ConfigError as err:
+        print(f"{args.path}: invalid, {len(err.problems)} problem(s):", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"{args.path}: {config.summary()}")
+    return EXIT_OK
+
+
+def cmd_emulate(args: argparse.Namespace) -> int:
+    from airflow_provider_didomi_dynamics.emulators.runner import run_emulators
+
+    return run_emulators(
+        only=args.only,
+        state_dir=args.state_dir,
+        latency_ms=args.latency_ms,
+        seed=args.seed,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="didomi-dynamics",
+        description="Didomi <-> Microsoft Dynamics 365 consent sync: tools around the Airflow provider.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    validate = commands.add_parser("validate-config", help="check an integration config JSON file")
+    validate.add_argument("path", help="path of the integration config JSON (the seed's microsoft-dynamics shape)")
+    validate.set_defaults(func=cmd_validate_config)
+
+    emulate = commands.add_parser(
+        "emulate", help="run the local Dataverse and Didomi emulators in the foreground until terminated"
+    )
+    emulate.add_argument("--only", choices=["dataverse", "didomi"], help="start just one emulator")
+    emulate.add_argument("--state-dir", default=".emulators", help="where endpoints.json and the CA file go")
+    emulate.add_argument("--latency-ms", type=float, default=0.0, help="fixed latency added to every request")
+    emulate.add_argument("--seed", choices=["demo", "empty"], default="empty", help="initial data")
+    emulate.set_defaults(func=cmd_emulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

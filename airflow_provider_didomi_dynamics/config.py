@@ -1,0 +1,469 @@
+"""The integration config: the seed's ``microsoft-dynamics`` JSON, parsed and validated in one pass.
+
+Every problem is reported at once with its JSON path (``mappings[2].value: ...``) so a person fixes a config in
+one edit, and the client secret never reaches a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping as MappingABC
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_didomi_dynamics.mapping.grammar import (
+    READ_ONLY_USER_FIELDS,
+    FieldKind,
+    FieldRef,
+    GrammarError,
+    parse_column,
+)
+
+TYPE_ID = "microsoft-dynamics"
+DEFAULT_CONTACT_KEY_ATTRIBUTE = "emailaddress1"
+VARIABLE_KEY = "didomi_dynamics_config"
+_LOGICAL_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+_BOOLEAN_KINDS = {
+    FieldKind.PURPOSE_ENABLED,
+    FieldKind.PURPOSE_ENABLED_LI,
+    FieldKind.PREFERENCE_VALUE_ENABLED,
+    FieldKind.CHANNEL_ENABLED,
+    FieldKind.VENDOR_ENABLED,
+}
+_SYSTEM_ATTRIBUTES = {"contactid", "createdon", "modifiedon", "versionnumber", "_createdby_value", "_modifiedby_value"}
+
+
+class Secret:
+    """A string that prints as ``***`` wherever it ends up (repr, str, f-strings, logs, exceptions)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class Direction(str, Enum):
+    """Which way a mapping carries values."""
+
+    BOTH = "both"
+    TO_DYNAMICS = "to_dynamics"
+    TO_DIDOMI = "to_didomi"
+
+    @property
+    def forward(self) -> bool:
+        return self is not Direction.TO_DIDOMI
+
+    @property
+    def reverse(self) -> bool:
+        return self is not Direction.TO_DYNAMICS
+
+
+class NullValues(str, Enum):
+    """What a consent with no choice (null) does to the contact column."""
+
+    SKIP = "skip"
+    CLEAR = "clear"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validation problem: where it is and what to do about it."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class ConfigError(ValueError):
+    """An invalid config; ``problems`` lists every problem found, each with its JSON path."""
+
+    def __init__(self, problems: list[Problem], source: str = "integration config") -> None:
+        self.problems = problems
+        self.source = source
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{source} has {len(problems)} problem(s):\n{lines}")
+
+
+@dataclass(frozen=True)
+class Authentication:
+    """Dataverse credentials from the seed's ``authentication`` block."""
+
+    client_id: str
+    client_secret: Secret
+    tenant_id: str
+    instance: str
+
+
+@dataclass(frozen=True)
+class Transform:
+    """``invert`` for opt-out columns, or a value map (Didomi value -> Dataverse value) for choice columns."""
+
+    invert: bool = False
+    value_map: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.invert and not self.value_map
+
+
+@dataclass(frozen=True)
+class FieldMapping:
+    """One mapping: a Dataverse contact attribute (``id``) paired with a Didomi consent column (``value``)."""
+
+    attribute: str
+    value: str
+    field: FieldRef
+    direction: Direction = Direction.BOTH
+    transform: Transform = field(default_factory=Transform)
+
+
+@dataclass(frozen=True)
+class IntegrationConfig:
+    """The validated seed config plus the optional extensions documented in the README."""
+
+    authentication: Authentication
+    mappings: tuple[FieldMapping, ...]
+    upsert_mode: bool = False
+    contact_key_attribute: str = DEFAULT_CONTACT_KEY_ATTRIBUTE
+    null_values: NullValues = NullValues.SKIP
+    properties: MappingABC[str, Any] = field(default_factory=dict)
+    type_id: str = TYPE_ID
+
+    @property
+    def forward_mappings(self) -> tuple[FieldMapping, ...]:
+        return tuple(m for m in self.mappings if m.direction.forward)
+
+    @property
+    def reverse_mappings(self) -> tuple[FieldMapping, ...]:
+        return tuple(m for m in self.mappings if m.direction.reverse)
+
+    @property
+    def mapped_attributes(self) -> tuple[str, ...]:
+        """Every contact attribute the config touches, in mapping order, without repeats."""
+        return tuple(dict.fromkeys(m.attribute for m in self.mappings))
+
+    def summary(self) -> str:
+        return (
+            f"valid {self.type_id} config: {len(self.mappings)} mapping(s) "
+            f"({len(self.forward_mappings)} to Dynamics, {len(self.reverse_mappings)} to Didomi), "
+            f"key {self.contact_key_attribute} <- organization_user_id, upsert_mode={str(self.upsert_mode).lower()}, "
+            f"null_values={self.null_values.value}, instance {self.authentication.instance}"
+        )
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str = "integration config") -> IntegrationConfig:
+        return _Parser(source).parse(raw)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "integration config") -> IntegrationConfig:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(
+                [Problem("$", f"not valid JSON ({err.msg} at line {err.lineno} column {err.colno})")], source
+            ) from None
+        return cls.from_dict(raw, source)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> IntegrationConfig:
+        file = Path(path)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError([Problem("$", f"cannot read {file}: {err.strerror}")], str(file)) from None
+        return cls.from_json(text, str(file))
+
+    @classmethod
+    def from_variable(cls, key: str = VARIABLE_KEY) -> IntegrationConfig:
+        """Read the config from an Airflow Variable holding the seed's JSON."""
+        from airflow.sdk import Variable
+
+        raw = Variable.get(key, default=None)
+        if raw is None:
+            raise ConfigError(
+                [Problem("$", f"Airflow Variable {key!r} is not set; set it to the integration config JSON")],
+                f"Variable {key}",
+            )
+        if isinstance(raw, str):
+            return cls.from_json(raw, f"Variable {key}")
+        return cls.from_dict(raw, f"Variable {key}")
+
+
+def load_config(source: str | Path | MappingABC[str, Any] | IntegrationConfig | None = None) -> IntegrationConfig:
+    """Accept a config, a dict, a JSON file path, JSON text, or nothing (the Airflow Variable)."""
+    if isinstance(source, IntegrationConfig):
+        return source
+    if source is None:
+        return IntegrationConfig.from_variable()
+    if isinstance(source, MappingABC):
+        return IntegrationConfig.from_dict(dict(source))
+    text = str(source)
+    if text.lstrip().startswith("{"):
+        return IntegrationConfig.from_json(text)
+    return IntegrationConfig.from_file(text)
+
+
+class _Parser:
+    """Walks the raw JSON once, collecting every problem before failing."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[Problem] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(Problem(path, message))
+
+    def parse(self, raw: Any) -> IntegrationConfig:
+        if not isinstance(raw, MappingABC):
+            raise ConfigError([Problem("$", f"must be a JSON object, got {_type_name(raw)}")], self.source)
+        known = {"type_id", "authentication", "properties", "mappings", "upsert_mode"}
+        for key in raw:
+            if key not in known and not str(key).startswith("_"):
+                self.problem(str(key), f"unknown property; expected one of {', '.join(sorted(known))}")
+        type_id = raw.get("type_id")
+        if type_id != TYPE_ID:
+            self.problem("type_id", f"must be {TYPE_ID!r}, got {type_id!r}")
+        authentication = self.parse_authentication(raw.get("authentication"))
+        properties = raw.get("properties", {})
+        key_attribute, null_values = self.parse_properties(properties)
+        upsert_mode = raw.get("upsert_mode", False)
+        if not isinstance(upsert_mode, bool):
+            self.problem("upsert_mode", f"must be true or false, got {json.dumps(upsert_mode)}")
+            upsert_mode = False
+        mappings = self.parse_mappings(raw.get("mappings"), key_attribute)
+        if self.problems or authentication is None:
+            raise ConfigError(self.problems, self.source)
+        return IntegrationConfig(
+            authentication=authentication,
+            mappings=tuple(mappings),
+            upsert_mode=upsert_mode,
+            contact_key_attribute=key_attribute,
+            null_values=null_values,
+            properties=dict(properties) if isinstance(properties, MappingABC) else {},
+            type_id=TYPE_ID,
+        )
+
+    def parse_authentication(self, raw: Any) -> Authentication | None:
+        if raw is None:
+            self.problem("authentication", "is required: {client_id, client_secret, tenant_id, instance}")
+            return None
+        if not isinstance(raw, MappingABC):
+            self.problem("authentication", f"must be an object, got {_type_name(raw)}")
+            return None
+        values: dict[str, str] = {}
+        for key in ("client_id", "client_secret", "tenant_id", "instance"):
+            value = raw.get(key)
+            if value is None:
+                self.problem(f"authentication.{key}", "is required")
+            elif not isinstance(value, str) or not value.strip():
+                # Never echo the value: it may be the secret.
+                self.problem(f"authentication.{key}", f"must be a non-empty string, got {_type_name(value)}")
+            else:
+                values[key] = value.strip()
+        for key in raw:
+            if key not in ("client_id", "client_secret", "tenant_id", "instance"):
+                self.problem(f"authentication.{key}", "unknown property")
+        if len(values) < 4:
+            return None
+        return Authentication(
+            client_id=values["client_id"],
+            client_secret=Secret(values["client_secret"]),
+            tenant_id=values["tenant_id"],
+            instance=values["instance"].rstrip("/"),
+        )
+
+    def parse_properties(self, raw: Any) -> tuple[str, NullValues]:
+        key_attribute = DEFAULT_CONTACT_KEY_ATTRIBUTE
+        null_values = NullValues.SKIP
+        if not isinstance(raw, MappingABC):
+            self.problem("properties", f"must be an object (may be empty), got {_type_name(raw)}")
+            return key_attribute, null_values
+        if "contact_key_attribute" in raw:
+            value = raw["contact_key_attribute"]
+            if not isinstance(value, str) or not _LOGICAL_NAME.match(value):
+                self.problem(
+                    "properties.contact_key_attribute",
+                    f"{json.dumps(value)} is not a Dataverse logical name (lowercase letters, digits and _), "
+                    "e.g. emailaddress1 or externaluseridentifier",
+                )
+            elif value in _SYSTEM_ATTRIBUTES:
+                self.problem("properties.contact_key_attribute", f"{value} is set by Dataverse; pick a text column")
+            else:
+                key_attribute = value
+        if "null_values" in raw:
+            value = raw["null_values"]
+            try:
+                null_values = NullValues(value)
+            except ValueError:
+                self.problem("properties.null_values", f"must be 'skip' or 'clear', got {json.dumps(value)}")
+        return key_attribute, null_values
+
+    def parse_mappings(self, raw: Any, key_attribute: str) -> list[FieldMapping]:
+        if raw is None:
+            self.problem("mappings", "is required: a list of {id, value}")
+            return []
+        if not isinstance(raw, list):
+            self.problem("mappings", f"must be a list of {{id, value}}, got {_type_name(raw)}")
+            return []
+        if not raw:
+            self.problem("mappings", "is empty; add at least one {id, value} mapping")
+        mappings: list[tuple[int, FieldMapping]] = []
+        for index, item in enumerate(raw):
+            mapping = self.parse_mapping(f"mappings[{index}]", item, key_attribute)
+            if mapping is not None:
+                mappings.append((index, mapping))
+        self.check_conflicts(mappings)
+        return [m for _, m in mappings]
+
+    def parse_mapping(self, path: str, raw: Any, key_attribute: str) -> FieldMapping | None:
+        if not isinstance(raw, MappingABC):
+            self.problem(path, f"must be an object {{id, value}}, got {_type_name(raw)}")
+            return None
+        ok = True
+        for key in raw:
+            if key not in ("id", "value", "direction", "transform"):
+                self.problem(f"{path}.{key}", "unknown property; expected id, value, direction or transform")
+        attribute = raw.get("id")
+        if not isinstance(attribute, str) or not _LOGICAL_NAME.match(attribute):
+            self.problem(
+                f"{path}.id",
+                f"{json.dumps(attribute)} is not a Dataverse contact attribute logical name "
+                "(lowercase letters, digits and _, e.g. donotbulkemail)",
+            )
+            ok = False
+        elif attribute in _SYSTEM_ATTRIBUTES:
+            self.problem(f"{path}.id", f"{attribute} is maintained by Dataverse and cannot be written; map another")
+            ok = False
+        elif attribute == key_attribute:
+            self.problem(
+                f"{path}.id",
+                f"{attribute} is the contact key attribute (organization_user_id goes there already); "
+                "map another attribute or change properties.contact_key_attribute",
+            )
+            ok = False
+        value = raw.get("value")
+        field_ref: FieldRef | None = None
+        try:
+            field_ref = parse_column(value)  # type: ignore[arg-type]
+        except GrammarError as err:
+            self.problem(f"{path}.value", str(err))
+            ok = False
+        direction = Direction.BOTH
+        if "direction" in raw:
+            try:
+                direction = Direction(raw["direction"])
+            except ValueError:
+                self.problem(
+                    f"{path}.direction",
+                    f"must be 'both', 'to_dynamics' or 'to_didomi', got {json.dumps(raw['direction'])}",
+                )
+                ok = False
+        transform = self.parse_transform(f"{path}.transform", raw.get("transform"), field_ref)
+        if transform is None:
+            ok = False
+        if not ok or field_ref is None or transform is None:
+            return None
+        if direction.reverse:
+            self.check_reversible(path, field_ref, transform)
+        return FieldMapping(
+            attribute=str(attribute), value=str(value), field=field_ref, direction=direction, transform=transform
+        )
+
+    def parse_transform(self, path: str, raw: Any, field_ref: FieldRef | None) -> Transform | None:
+        if raw is None:
+            return Transform()
+        if raw == "invert":
+            if field_ref is not None and field_ref.kind not in _BOOLEAN_KINDS:
+                self.problem(path, f"'invert' applies to true/false consent columns, not {field_ref.kind.value}")
+                return None
+            return Transform(invert=True)
+        if isinstance(raw, MappingABC) and raw:
+            return Transform(value_map=tuple((str(k), v) for k, v in raw.items()))
+        self.problem(
+            path,
+            f"must be 'invert' or a non-empty object mapping Didomi values to Dataverse values "
+            f'(e.g. {{"weekly": 100000000}}), got {json.dumps(raw)}',
+        )
+        return None
+
+    def check_reversible(self, path: str, field_ref: FieldRef, transform: Transform) -> None:
+        why = ""
+        if field_ref.kind is FieldKind.USER_FIELD and field_ref.name in READ_ONLY_USER_FIELDS:
+            why = f"{field_ref.name} is set by Didomi and cannot be written back"
+        elif field_ref.kind is FieldKind.USER_FIELD:
+            why = "organization_user_id is the match key, it is never rewritten from Dynamics"
+        elif field_ref.kind is FieldKind.VENDOR_ENABLED:
+            why = "vendor consent comes from the consent notice, not from consent events"
+        elif transform.value_map:
+            targets = [json.dumps(v, sort_keys=True) for _, v in transform.value_map]
+            if len(set(targets)) != len(targets):
+                why = "its transform maps two Didomi values to one Dataverse value, so the way back is ambiguous"
+        if why:
+            self.problem(
+                path,
+                f'cannot be synced back to Didomi: {why}; set "direction": "to_dynamics"',
+            )
+
+    def check_conflicts(self, mappings: list[tuple[int, FieldMapping]]) -> None:
+        forward_targets: dict[str, int] = {}
+        reverse_targets: dict[str, int] = {}
+        reverse_lists: dict[tuple[str | None, str | None], int] = {}
+        for index, mapping in mappings:
+            if mapping.direction.forward:
+                if mapping.attribute in forward_targets:
+                    self.problem(
+                        f"mappings[{index}].id",
+                        f"{mapping.attribute} is already written by mappings[{forward_targets[mapping.attribute]}]; "
+                        'one attribute takes one Didomi field (set "direction": "to_didomi" on one of them)',
+                    )
+                else:
+                    forward_targets[mapping.attribute] = index
+            if mapping.direction.reverse:
+                if mapping.value in reverse_targets:
+                    self.problem(
+                        f"mappings[{index}].value",
+                        f"{mapping.value} is already written back by mappings[{reverse_targets[mapping.value]}]; "
+                        "two contact attributes would fight over one consent "
+                        '(set "direction": "to_dynamics" on one of them)',
+                    )
+                else:
+                    reverse_targets[mapping.value] = index
+                if mapping.field.kind is FieldKind.PREFERENCE_VALUES:
+                    reverse_lists[(mapping.field.purpose, mapping.field.preference)] = index
+        for index, mapping in mappings:
+            ref = mapping.field
+            if mapping.direction.reverse and ref.kind is FieldKind.PREFERENCE_VALUE_ENABLED:
+                other = reverse_lists.get((ref.purpose, ref.preference))
+                if other is not None:
+                    self.problem(
+                        f"mappings[{index}].value",
+                        f"preference {ref.preference} of purpose {ref.purpose} is also written back as a whole list "
+                        f'by mappings[{other}]; keep one of them with "direction": "to_dynamics"',
+                    )
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list"}.get(
+        type(value), "an object" if isinstance(value, MappingABC) else type(value).__name__
+    )

@@ -1,0 +1,1 @@
+"""Hooks of the Didomi / Dynamics 365 provider."""

@@ -1,0 +1,1 @@
+"""Operators of the Didomi / Dynamics 365 provider."""

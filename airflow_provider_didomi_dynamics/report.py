@@ -1,0 +1,91 @@
+"""The run report every push returns: each input row ends in exactly one outcome, with a reason.
+
+It is plain JSON in XCom, so a person reads it in the UI and the next run reads the failed rows back to retry them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Outcome(str, Enum):
+    """Where a row ended up."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    SENT = "sent"  # a consent event accepted by Didomi
+    UNCHANGED = "unchanged"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass
+class RowResult:
+    """One input row's outcome; ``reason`` says why for skipped and failed rows."""
+
+    key: str
+    outcome: Outcome
+    reason: str = ""
+    changes: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"key": self.key, "outcome": self.outcome.value}
+        if self.reason:
+            row["reason"] = self.reason
+        if self.changes:
+            row["changes"] = self.changes
+        return row
+
+
+@dataclass
+class RunReport:
+    """Counts per outcome plus the rows that need a person's (or the next run's) attention."""
+
+    operation: str
+    rows: list[RowResult] = field(default_factory=list)
+    http_requests: int = 0
+    throttled_429: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, key: str, outcome: Outcome, reason: str = "", changes: dict[str, Any] | None = None) -> None:
+        self.rows.append(RowResult(key, outcome, reason, changes or {}))
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counter = Counter(r.outcome.value for r in self.rows)
+        return {o.value: counter.get(o.value, 0) for o in Outcome}
+
+    @property
+    def total(self) -> int:
+        return len(self.rows)
+
+    def failed(self) -> list[RowResult]:
+        return [r for r in self.rows if r.outcome is Outcome.FAILED]
+
+    def as_dict(self, sample: int = 20) -> dict[str, Any]:
+        """The XCom form: counts, every failed and skipped row with its reason, a sample of the changes."""
+        changed = [r for r in self.rows if r.outcome in (Outcome.CREATED, Outcome.UPDATED, Outcome.SENT)]
+        return {
+            "operation": self.operation,
+            "dry_run": self.dry_run,
+            "total": self.total,
+            "counts": self.counts,
+            "http_requests": self.http_requests,
+            "throttled_429": self.throttled_429,
+            "seconds": round(self.seconds, 3),
+            "failed": [r.as_dict() for r in self.rows if r.outcome is Outcome.FAILED],
+            "skipped": [r.as_dict() for r in self.rows if r.outcome is Outcome.SKIPPED],
+            "sample_changes": [r.as_dict() for r in changed[:sample]],
+            **self.extra,
+        }
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{n} {name}" for name, n in self.counts.items() if n)
+        return f"{self.operation}: {self.total} row(s): {parts or 'nothing to do'}" + (
+            " (dry run)" if self.dry_run else ""
+        )

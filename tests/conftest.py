@@ -1,0 +1,15 @@
+"""Test-wide setup: Airflow reads its configuration at import, so its environment is set before anything else."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="didomi-dynamics-airflow-"))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent.parent / "dags")
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+os.environ["AIRFLOW__CORE__TEST_CONNECTION"] = "Enabled"
+os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}")

@@ -1,0 +1,43 @@
+"""The console script: exit codes and the lines a person reads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from airflow_provider_didomi_dynamics.cli import main
+
+SEED_EXAMPLE = Path(__file__).resolve().parents[2] / "dags" / "config" / "seed_example.json"
+
+
+def test_validate_config_accepts_the_seed_example(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["validate-config", str(SEED_EXAMPLE)]) == 0
+    out = capsys.readouterr().out.strip()
+    assert len(out.splitlines()) == 1
+    assert "valid microsoft-dynamics config: 1 mapping(s)" in out and "upsert_mode=true" in out
+
+
+def test_validate_config_lists_every_problem_and_exits_2(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    bad = json.loads(SEED_EXAMPLE.read_text())
+    bad["upsert_mode"] = "true"
+    bad["mappings"].append({"id": "donotemail", "value": "consents_purposez_x"})
+    del bad["authentication"]["tenant_id"]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    assert main(["validate-config", str(path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"{path}: invalid, 3 problem(s):"
+    assert [line.strip().split(":")[0] for line in err[1:]] == [
+        "authentication.tenant_id",
+        "upsert_mode",
+        "mappings[1].value",
+    ]
+
+
+def test_console_script_is_installed(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "didomi-dynamics"
+    result = subprocess.run([str(script), "validate-config", str(tmp_path / "missing.json")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "cannot read" in result.stderr

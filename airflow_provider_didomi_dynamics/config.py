@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping as MappingABC
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,7 @@ class FieldMapping:
     value: str
     field: FieldRef
     direction: Direction = Direction.BOTH
-    transform: Transform = field(default_factory=Transform)
+    transform: Transform = dc_field(default_factory=Transform)
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ class IntegrationConfig:
     upsert_mode: bool = False
     contact_key_attribute: str = DEFAULT_CONTACT_KEY_ATTRIBUTE
     null_values: NullValues = NullValues.SKIP
-    properties: MappingABC[str, Any] = field(default_factory=dict)
+    properties: MappingABC[str, Any] = dc_field(default_factory=dict)
     type_id: str = TYPE_ID
 
     @property

@@ -25,7 +25,7 @@ class PinnedVerifySession(requests.Session):
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         if kwargs.get("verify") is None:
             kwargs["verify"] = self.verify
-        return super().request(method, url, *args, **kwargs)
+        return super().request(method, url, *args, **kwargs)  # type: ignore[arg-type]
 
 
 def verify_setting(ca_bundle: str | None) -> bool | str:

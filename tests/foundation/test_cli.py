@@ -38,6 +38,8 @@ def test_validate_config_lists_every_problem_and_exits_2(tmp_path: Path, capsys)
 
 def test_console_script_is_installed(tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "didomi-dynamics"
-    result = subprocess.run([str(script), "validate-config", str(tmp_path / "missing.json")], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(script), "validate-config", str(tmp_path / "missing.json")], capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert "cannot read" in result.stderr

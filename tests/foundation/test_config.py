@@ -158,7 +158,9 @@ def test_conflicting_mappings_are_rejected() -> None:
         )
     )
     assert problems[0].startswith("mappings[1].id: donotemail is already written by mappings[0]")
-    assert problems[1].startswith("mappings[2].value: consents_purposes_a_enabled is already written back by mappings[0]")
+    assert problems[1].startswith(
+        "mappings[2].value: consents_purposes_a_enabled is already written back by mappings[0]"
+    )
     assert problems[2].startswith("mappings[4].value: preference freq of purpose p is also written back")
 
 
@@ -180,7 +182,7 @@ def test_transforms_and_directions() -> None:
     )
     assert config.contact_key_attribute == "externaluseridentifier"
     assert config.null_values is NullValues.CLEAR
-    invert, choice, sms = config.mappings
+    invert, choice, _sms = config.mappings
     assert invert.transform.invert and choice.transform.value_map == (("email", 2), ("phone", 3))
     assert [m.attribute for m in config.forward_mappings] == ["donotbulkemail", "preferredcontactmethodcode"]
     assert [m.attribute for m in config.reverse_mappings] == ["donotbulkemail", "new_sms"]

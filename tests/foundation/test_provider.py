@@ -11,14 +11,18 @@ from airflow_provider_didomi_dynamics.get_provider_info import get_provider_info
 
 
 def test_entry_point_returns_provider_info() -> None:
-    (entry,) = [e for e in entry_points(group="apache_airflow_provider") if e.value.startswith("airflow_provider_didomi")]
+    (entry,) = [
+        e for e in entry_points(group="apache_airflow_provider") if e.value.startswith("airflow_provider_didomi")
+    ]
     info = entry.load()()
     assert info["package-name"] == "airflow-provider-didomi-dynamics"
     types = {c["connection-type"]: c for c in info["connection-types"]}
     assert set(types) == {"didomi", "dataverse"}
     assert types["dataverse"]["hook-name"] == "Microsoft Dynamics 365 (Dataverse)"
     assert set(types["dataverse"]["conn-fields"]) == {"tenant_id", "authority_host", "api_version", "ca_bundle"}
-    assert types["dataverse"]["conn-fields"]["authority_host"]["schema"]["default"] == "https://login.microsoftonline.com"
+    assert (
+        types["dataverse"]["conn-fields"]["authority_host"]["schema"]["default"] == "https://login.microsoftonline.com"
+    )
     assert types["didomi"]["ui-field-behaviour"]["relabeling"] == {
         "host": "API URL",
         "login": "API key",

@@ -1,0 +1,52 @@
+"""Conventions both sync DAGs share: schedule, retries, pools, params, where the config comes from.
+
+Each knob reads an environment variable so a team changes it without editing the DAG files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from typing import Any
+
+from airflow.sdk import Param
+
+DIDOMI_POOL = os.environ.get("DIDOMI_DYNAMICS_DIDOMI_POOL", "didomi_api")
+DATAVERSE_POOL = os.environ.get("DIDOMI_DYNAMICS_DATAVERSE_POOL", "dataverse_api")
+START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+LOOKBACK_HOURS = float(os.environ.get("DIDOMI_DYNAMICS_LOOKBACK_HOURS", "24"))
+
+
+def schedule_cron(direction: str, default: str = "0 * * * *") -> str:
+    """Cron of one direction, e.g. ``DIDOMI_DYNAMICS_SCHEDULE_DIDOMI_TO_DYNAMICS="*/15 * * * *"``."""
+    return os.environ.get(f"DIDOMI_DYNAMICS_SCHEDULE_{direction.upper()}", default)
+
+
+def config_source() -> str | None:
+    """A config file path from ``DIDOMI_DYNAMICS_CONFIG_PATH``, else None: the Variable ``didomi_dynamics_config``."""
+    return os.environ.get("DIDOMI_DYNAMICS_CONFIG_PATH") or None
+
+
+def default_args() -> dict[str, Any]:
+    return {
+        "owner": "data-platform",
+        "retries": int(os.environ.get("DIDOMI_DYNAMICS_RETRIES", "3")),
+        "retry_delay": dt.timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": dt.timedelta(minutes=30),
+    }
+
+
+def sync_params() -> dict[str, Param]:
+    """Params a person sets when triggering a run from the UI."""
+    return {
+        "full_sync": Param(False, type="boolean", description="Sync everything, ignoring the time window."),
+        "since": Param(
+            None,
+            type=["null", "string"],
+            format="date-time",
+            description="Window start (UTC, inclusive). Empty: the data interval, else the previous success.",
+        ),
+        "until": Param(None, type=["null", "string"], format="date-time", description="Window end (UTC, exclusive)."),
+        "dry_run": Param(False, type="boolean", description="Plan only: count and sample the changes, write nothing."),
+    }

@@ -36,6 +36,14 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from airflow_provider_didomi_dynamics.demo import main as demo_main
+
+    return demo_main(Path(args.workdir))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="didomi-dynamics",
@@ -55,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     emulate.add_argument("--latency-ms", type=float, default=0.0, help="fixed latency added to every request")
     emulate.add_argument("--seed", choices=["demo", "empty"], default="empty", help="initial data")
     emulate.set_defaults(func=cmd_emulate)
+
+    demo = commands.add_parser("demo", help="run both DAGs end to end against the emulators and print the outcome")
+    demo.add_argument("--workdir", default=".demo", help="where the demo keeps its Airflow home and emulator files")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

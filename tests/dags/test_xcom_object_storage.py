@@ -21,7 +21,8 @@ DAG_FILE = textwrap.dedent(
             n = 20_000
             return pd.DataFrame({
                 "organization_user_id": pd.array([f"user{i}@example.com" for i in range(n)], dtype="string"),
-                "updated_at": pd.to_datetime([1_700_000_000 + i for i in range(n)], unit="s", utc=True),
+                "updated_at": pd.to_datetime([1_700_000_000 + i for i in range(n)], unit="s", utc=True)
+                .astype("datetime64[us, UTC]"),
                 "donotbulkemail": pd.array([True, False, None] * (n // 3) + [True] * (n % 3), dtype="boolean"),
                 "preferredcontactmethodcode": pd.array([2, None] * (n // 2), dtype="Int64"),
             })
@@ -82,7 +83,7 @@ def test_frames_go_through_object_storage_with_their_dtypes(tmp_path: Path) -> N
     assert result["consumed"]["nulls"] == 20_000 // 3
     assert result["consumed"]["dtypes"] == {
         "organization_user_id": "string",
-        "updated_at": "datetime64[ns, UTC]",
+        "updated_at": "datetime64[us, UTC]",
         "donotbulkemail": "boolean",
         "preferredcontactmethodcode": "Int64",
     }

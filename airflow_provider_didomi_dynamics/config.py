@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping as MappingABC
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from dataclasses import field as dc_field
 from enum import Enum
 from pathlib import Path
@@ -332,6 +332,7 @@ class _Parser:
             mapping = self.parse_mapping(f"mappings[{index}]", item, key_attribute)
             if mapping is not None:
                 mappings.append((index, mapping))
+        mappings = _split_value_flags(mappings)
         self.check_conflicts(mappings)
         return [m for _, m in mappings]
 
@@ -398,6 +399,16 @@ class _Parser:
                 return None
             return Transform(invert=True)
         if isinstance(raw, MappingABC) and raw:
+            if field_ref is not None and field_ref.kind in _BOOLEAN_KINDS:
+                # a true/false column is looked up as "true" / "false"; any other key would silently never match
+                odd = [str(k) for k in raw if str(k).lower() not in ("true", "false")]
+                if odd:
+                    self.problem(
+                        path,
+                        f'{field_ref.kind.value} is true/false, so its value map keys must be "true" and/or '
+                        f'"false" (e.g. {{"true": 100000000, "false": 100000001}}), got {json.dumps(odd)}',
+                    )
+                    return None
             return Transform(value_map=tuple((str(k), v) for k, v in raw.items()))
         self.problem(
             path,
@@ -460,6 +471,25 @@ class _Parser:
                         f"preference {ref.preference} of purpose {ref.purpose} is also written back as a whole list "
                         f'by mappings[{other}]; keep one of them with "direction": "to_dynamics"',
                     )
+
+
+def _split_value_flags(mappings: list[tuple[int, FieldMapping]]) -> list[tuple[int, FieldMapping]]:
+    """Re-split value flag columns with the preference ids the config's value list mappings name.
+
+    ``..._values_contact_freq_week_1_enabled`` alone splits at the last ``_`` (preference ``contact_freq_week``);
+    a mapping of ``..._values_contact_freq`` tells that the preference is ``contact_freq`` and the value ``week_1``.
+    """
+    known = tuple(
+        dict.fromkeys(str(m.field.preference) for _, m in mappings if m.field.kind is FieldKind.PREFERENCE_VALUES)
+    )
+    if not known:
+        return mappings
+    return [
+        (index, replace(m, field=parse_column(m.value, known)))
+        if m.field.kind is FieldKind.PREFERENCE_VALUE_ENABLED
+        else (index, m)
+        for index, m in mappings
+    ]
 
 
 def _type_name(value: Any) -> str:

@@ -1,0 +1,233 @@
+"""Reverse mapping: Dataverse contacts -> the Didomi consent each contact implies, as grammar fields and an event.
+
+Why two JSON columns: ``fields`` (``{grammar column: desired value}``) is what the push diffs against the user's
+current state (``changed_fields``) and what a report shows; ``event`` is the payload ready to send when there is no
+current state to merge with. Both are plain text so the frame survives Parquet (XCom) unchanged.
+
+Transforms run backwards (``invert`` flips again, a value map is looked up from its Dataverse side). A contact value
+that cannot be turned back into a Didomi value (not in the value map, not a boolean) is never sent and is counted
+in ``frame.attrs["invalid"]``; a null is sent as ``None`` only with ``null_values: clear``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from airflow_provider_didomi_dynamics.config import FieldMapping, IntegrationConfig, NullValues
+from airflow_provider_didomi_dynamics.mapping.events import as_bool, build_event
+from airflow_provider_didomi_dynamics.mapping.flatten import STRING_DTYPE, TIMESTAMP_DTYPE, split_values
+from airflow_provider_didomi_dynamics.mapping.forward import BOOLEAN_KINDS, known_preferences
+from airflow_provider_didomi_dynamics.mapping.grammar import FieldKind, FieldRef, GrammarError, parse_column
+
+__all__ = ["REVERSE_COLUMNS", "ReverseMappingError", "reverse_map"]
+
+REVERSE_COLUMNS = ("organization_user_id", "contactid", "modifiedon", "fields", "event")
+
+
+class ReverseMappingError(ValueError):
+    """The contacts frame lacks a column the reverse mapping needs."""
+
+
+class _Invalid:
+    """A contact value with no Didomi equivalent: skipped and counted, never sent (not even as a clear)."""
+
+
+_INVALID = _Invalid()
+
+
+def reverse_map(contacts: pd.DataFrame, config: IntegrationConfig) -> pd.DataFrame:
+    """One row per contact with a key: ``organization_user_id``, ``contactid``, ``modifiedon``, ``fields``, ``event``.
+
+    ``frame.attrs`` holds ``missing_key`` (contacts with an empty key, left out), ``duplicate_keys`` (rows whose key
+    another row already has; all are kept, the push decides) and ``invalid`` (attribute -> values not sent).
+    """
+    key_attribute = config.contact_key_attribute
+    mappings = config.reverse_mappings
+    n = len(contacts)
+    if n:
+        needed = [key_attribute, *(m.attribute for m in mappings)]
+        absent = [name for name in dict.fromkeys(needed) if name not in contacts.columns]
+        if absent:
+            raise ReverseMappingError(
+                f"contacts frame has no column(s) {', '.join(absent)}; the pull must select the key attribute "
+                f"({key_attribute}) and every attribute mapped to Didomi"
+            )
+    known = known_preferences((), config.mappings)
+    clear = config.null_values is NullValues.CLEAR
+
+    keys = [_key(v) for v in contacts[key_attribute].tolist()] if n else []
+    rows = [index for index, key in enumerate(keys) if key is not None]
+    contact_ids = contacts["contactid"].tolist() if "contactid" in contacts.columns else [None] * n
+    modified = _timestamps(contacts["modifiedon"] if "modifiedon" in contacts.columns else None, n)
+
+    columns: list[tuple[str, list[Any]]] = []
+    invalid: dict[str, int] = {}
+    for mapping in mappings:
+        ref = _reparse(mapping, known)
+        convert = _converter(mapping, ref)
+        cells = contacts[mapping.attribute].tolist() if n else []
+        desired = [convert(cells[index]) for index in rows]
+        bad = sum(1 for value in desired if value is _INVALID)
+        if bad:
+            invalid[mapping.attribute] = bad
+        columns.append((mapping.value, desired))
+
+    fields_text: list[str] = []
+    events_text: list[str] = []
+    for position, index in enumerate(rows):
+        fields: dict[str, Any] = {}
+        for column, desired in columns:
+            value = desired[position]
+            if value is _INVALID or (value is None and not clear):
+                continue
+            fields[column] = value
+        fields_text.append(_json(fields))
+        events_text.append(_json(build_event(str(keys[index]), fields, known_preferences=known)))
+
+    kept_keys = [keys[index] for index in rows]
+    frame = pd.DataFrame(
+        {
+            "organization_user_id": pd.array(kept_keys, dtype=STRING_DTYPE),
+            "contactid": pd.array([_text(contact_ids[index]) for index in rows], dtype=STRING_DTYPE),
+            "modifiedon": modified.take(rows).reset_index(drop=True),
+            "fields": pd.array(fields_text, dtype=STRING_DTYPE),
+            "event": pd.array(events_text, dtype=STRING_DTYPE),
+        },
+        index=pd.RangeIndex(len(rows)),
+    )
+    frame.attrs["missing_key"] = n - len(rows)
+    frame.attrs["duplicate_keys"] = len(kept_keys) - len(set(kept_keys))
+    frame.attrs["invalid"] = invalid
+    return frame
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _key(value: Any) -> str | None:
+    """The contact's organization_user_id, or None when it is empty (such contacts cannot be matched in Didomi)."""
+    if isinstance(value, str) and value.strip():
+        return value
+    return None
+
+
+def _text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(value)
+
+
+def _timestamps(column: pd.Series | None, n: int) -> pd.Series:
+    if column is None:
+        return pd.Series(pd.array([None] * n, dtype=TIMESTAMP_DTYPE))
+    if column.dtype == TIMESTAMP_DTYPE:
+        return column.reset_index(drop=True)
+    parsed = pd.to_datetime(column, utc=True, format="ISO8601", errors="coerce")
+    return parsed.astype(TIMESTAMP_DTYPE).reset_index(drop=True)
+
+
+def _reparse(mapping: FieldMapping, known: tuple[str, ...]) -> FieldRef:
+    if mapping.field.kind is not FieldKind.PREFERENCE_VALUE_ENABLED or not known:
+        return mapping.field
+    try:
+        return parse_column(mapping.value, known)
+    except GrammarError:
+        return mapping.field
+
+
+def _converter(mapping: FieldMapping, ref: FieldRef) -> Callable[[Any], Any]:
+    """Contact cell -> desired Didomi value (None = no value, ``_INVALID`` = cannot be expressed)."""
+    boolean = ref.kind in BOOLEAN_KINDS
+    transform = mapping.transform
+    if transform.value_map:
+        inverse = {_normalise(target): source for source, target in transform.value_map}
+
+        def from_map(cell: Any) -> Any:
+            key = _normalise(cell)
+            if key is None:
+                return None
+            source = inverse.get(key)
+            if source is None and key[0] == "str":
+                source = inverse.get(_numeric(key[1]))  # "100000000" from a text-typed frame
+            if source is None:
+                return _INVALID
+            return _boolean(source) if boolean else source
+
+        return from_map
+    if boolean:
+        invert = transform.invert
+
+        def from_flag(cell: Any) -> Any:
+            flag = _boolean(cell)
+            if invert and isinstance(flag, bool):
+                return not flag
+            return flag
+
+        return from_flag
+    if ref.kind is FieldKind.PREFERENCE_VALUES:
+        return _value_list
+    return _string
+
+
+def _value_list(cell: Any) -> Any:
+    """A value list from a text column, tidied (``"weekly, monthly,"`` -> ``"weekly,monthly"``)."""
+    text = _string(cell)
+    return ",".join(split_values(text)) if isinstance(text, str) else text
+
+
+def _boolean(cell: Any) -> Any:
+    try:
+        return as_bool(cell)
+    except ValueError:
+        return _INVALID
+
+
+def _string(cell: Any) -> Any:
+    if _is_null(cell):
+        return None
+    if isinstance(cell, str):
+        return cell
+    if isinstance(cell, (bool, np.bool_)):
+        return "true" if cell else "false"
+    if isinstance(cell, (int, np.integer)):
+        return str(int(cell))
+    if isinstance(cell, (float, np.floating)):
+        return str(int(cell)) if float(cell).is_integer() else str(float(cell))
+    return _INVALID
+
+
+def _is_null(cell: Any) -> bool:
+    if cell is None or cell is pd.NA or cell is pd.NaT:
+        return True
+    return isinstance(cell, (float, np.floating)) and math.isnan(cell)
+
+
+def _normalise(value: Any) -> tuple[str, Any] | None:
+    """A hashable spelling of a Dataverse value, so 100000000, 100000000.0 and numpy ints compare equal."""
+    if _is_null(value):
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return ("bool", bool(value))
+    if isinstance(value, (int, np.integer)):
+        return ("num", int(value))
+    if isinstance(value, (float, np.floating)):
+        number = float(value)
+        return ("num", int(number)) if number.is_integer() else ("num", number)
+    if isinstance(value, str):
+        return ("str", value)
+    return ("json", json.dumps(value, sort_keys=True, default=str))
+
+
+def _numeric(text: str) -> tuple[str, Any] | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return ("num", int(number)) if number.is_integer() else ("num", number)

@@ -18,7 +18,9 @@ LOOPBACK = "127.0.0.1"
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on accepted sockets whose proto says TCP; without it
+    # Nagle holds a small response's second TLS record until the client's delayed ACK (~40 ms per request).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
@@ -81,9 +83,18 @@ class EmulatorServer:
         server = uvicorn.Server(self._server.config)
         asyncio.run(server.serve(sockets=[self._socket]))
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Let requests in flight finish (up to ``grace_s``), then close idle keep-alive connections at once.
+
+        A graceful uvicorn shutdown also waits for each idle TLS client to answer close_notify, which a pooled
+        requests session never does: without ``force_exit`` every stop took the full join timeout.
+        """
         self._server.should_exit = True
         if self._thread is not None:
+            deadline = time.monotonic() + grace_s
+            while self._server.server_state.tasks and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self._server.force_exit = True
             self._thread.join(timeout=10)
         self._socket.close()
 

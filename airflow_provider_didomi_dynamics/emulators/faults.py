@@ -149,17 +149,22 @@ class FaultMiddleware:
                 self.model.requests.record(method, route, fault.status)
                 await _send_json(send, fault.status, body, headers)
                 return
-        status_holder = {"status": 0}
+        recorded = False
 
         async def recording_send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status_holder["status"] = message["status"]
+            # Record before the response leaves: a client that reads the log right after its response must
+            # find its request there (recording after the body raced with fast clients).
+            nonlocal recorded
+            if message["type"] == "http.response.start" and not recorded:
+                recorded = True
+                self.model.requests.record(method, route, message["status"])
             await send(message)
 
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            self.model.requests.record(method, route, status_holder["status"])
+            if not recorded:  # the app failed before answering
+                self.model.requests.record(method, route, 0)
 
 
 async def _send_json(send: Any, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -1,0 +1,463 @@
+"""Didomi operators: pull consent users into a flattened frame, push consent changes from Dynamics back as events.
+
+The API cannot filter users by ``updated_at``, so a pull scans the cursor and filters client-side, building the
+frame page by page (memory stays bounded). A push reads the current Didomi state first and sends only what differs,
+with deterministic event ids so a re-run never duplicates an event, and ``$disable_integrations=true`` so Didomi
+does not echo the change back to Dynamics.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowException
+
+from airflow_provider_didomi_dynamics.config import load_config
+from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook, EventResult
+from airflow_provider_didomi_dynamics.mapping.events import EventFieldError, build_event, changed_fields
+from airflow_provider_didomi_dynamics.mapping.flatten import UserFrameBuilder
+from airflow_provider_didomi_dynamics.mapping.forward import known_preferences
+from airflow_provider_didomi_dynamics.report import Outcome, RunReport
+from airflow_provider_didomi_dynamics.retry import RetryPolicy
+from airflow_provider_didomi_dynamics.windows import DEFAULT_LOOKBACK, SyncWindow, WindowError, resolve_window
+
+__all__ = [
+    "DIDOMI_NEWER",
+    "DidomiPullConsentsOperator",
+    "DidomiPushConsentsOperator",
+    "WindowError",
+    "event_id",
+]
+
+EVENT_ID_NAMESPACE = uuid.UUID("0f5d8a52-8f4e-4c1e-9a0c-6b1d2f7e3a90")
+DIDOMI_NEWER = "Didomi changed later"
+_TRUE_TEXTS = {"1", "true", "yes", "y", "on"}
+_EMPTY_TEXTS = {"", "none", "null"}
+
+
+def as_bool(value: Any) -> bool:
+    """A templated flag: rendered templates arrive as text (``"False"`` must stay false)."""
+    if isinstance(value, str):
+        return value.strip().lower() in _TRUE_TEXTS
+    return bool(value)
+
+
+def as_id_list(value: Any) -> list[str]:
+    """``organization_user_ids`` from a list, a JSON list, or comma/newline separated text; blanks dropped."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in _EMPTY_TEXTS:
+            return []
+        value = json.loads(text) if text.startswith("[") else text.replace("\n", ",").split(",")
+    return list(dict.fromkeys(str(v).strip() for v in value if v is not None and str(v).strip()))
+
+
+def _utc_or_none(text: Any) -> dt.datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.timezone.utc)
+
+
+class DidomiPullConsentsOperator(BaseOperator):
+    """Pull Didomi consent users changed in a window and return them flattened (one row per user).
+
+    Window, first match wins (``windows.resolve_window``, shared with the Dataverse pull): ``full_sync``
+    (everything); templated ``since`` / ``until`` (either may be open); the run's data interval [start, end);
+    when the interval is empty or missing (a manual run, a trigger timetable), from the previous successful run's
+    interval end; otherwise the last ``lookback`` (``lookback=None``: everything, a first full sync).
+    ``organization_user_ids`` pulls just those users (a targeted re-sync, window ignored).
+    Users with no readable ``updated_at`` are kept (a needless re-sync costs less than a consent never synced).
+
+    :param didomi_conn_id: a ``didomi`` connection.
+    :param page_size: users per request (the API's maximum is 100).
+    :param http_retry_policy: the HTTP retry policy of the hook (default: the shared one); Airflow's own
+        ``retry_policy`` for task retries is left to BaseOperator.
+    """
+
+    template_fields: Sequence[str] = ("since", "until", "full_sync", "organization_user_ids", "didomi_conn_id")
+    ui_color = "#fde9d9"
+
+    def __init__(
+        self,
+        *,
+        didomi_conn_id: str = DidomiHook.default_conn_name,
+        since: Any = None,
+        until: Any = None,
+        full_sync: Any = False,
+        organization_user_ids: Any = None,
+        page_size: int = 100,
+        lookback: dt.timedelta | None = DEFAULT_LOOKBACK,
+        http_retry_policy: RetryPolicy | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.didomi_conn_id = didomi_conn_id
+        self.lookback = lookback
+        self.http_retry_policy = http_retry_policy
+        self.since = since
+        self.until = until
+        self.full_sync = full_sync
+        self.organization_user_ids = organization_user_ids
+        self.page_size = page_size
+
+    def make_hook(self) -> DidomiHook:
+        return DidomiHook(self.didomi_conn_id, retry_policy=self.http_retry_policy)
+
+    def resolve_window(self, context: Mapping[str, Any]) -> SyncWindow:
+        """The [start, end) window of ``updated_at`` to keep (shared rules of ``windows.resolve_window``)."""
+        window = resolve_window(
+            context,
+            since=self.since,
+            until=self.until,
+            full_sync=as_bool(self.full_sync),
+            lookback=self.lookback or DEFAULT_LOOKBACK,
+        )
+        if self.lookback is None and window.source.startswith("lookback"):
+            return SyncWindow(None, None, "no data interval and no previous successful run: full scan")
+        return window
+
+    def execute(self, context: Context) -> pd.DataFrame:
+        started = time.monotonic()
+        hook = self.make_hook()
+        try:
+            return self._pull(hook, context, started)
+        finally:
+            hook.close()
+
+    def _pull(self, hook: DidomiHook, context: Context, started: float) -> pd.DataFrame:
+        builder = UserFrameBuilder()
+        targeted = as_id_list(self.organization_user_ids)
+        stats: dict[str, Any] = {"scanned": 0, "kept": 0, "pages": 0, "no_updated_at": 0}
+        if targeted:
+            found = hook.get_users(targeted)
+            builder.add_users(found[i] for i in targeted if i in found)
+            stats.update(scanned=len(found), kept=len(found), missing=[i for i in targeted if i not in found])
+            stats["window"] = {"why": f"targeted re-sync of {len(targeted)} organization user id(s)"}
+            if stats["missing"]:
+                self.log.warning("%d organization user id(s) have no Didomi user", len(stats["missing"]))
+        else:
+            window = self.resolve_window(context)
+            since, until = window.start, window.end
+            stats["window"] = {
+                "since": since.isoformat() if since else None,
+                "until": until.isoformat() if until else None,
+                "why": window.source,
+            }
+            self.log.info("pulling Didomi users with updated_at in %s", window.describe())
+            for page in hook.iter_users(self.page_size):
+                stats["pages"] += 1
+                stats["scanned"] += len(page)
+                if since is None and until is None:
+                    kept = page
+                else:
+                    kept = []
+                    for user in page:
+                        updated = _utc_or_none(user.get("updated_at")) if isinstance(user, dict) else None
+                        if updated is None:
+                            stats["no_updated_at"] += 1
+                            kept.append(user)
+                        elif (since is None or updated >= since) and (until is None or updated < until):
+                            kept.append(user)
+                builder.add_users(kept)
+                stats["kept"] += len(kept)
+        frame = builder.to_frame()
+        stats.update(
+            rows=len(frame),
+            without_organization_user_id=int(frame["organization_user_id"].isna().sum()) if len(frame) else 0,
+            http_requests=hook.http_requests,
+            throttled_429=hook.throttled_429,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        self.log.info(
+            "pulled %d of %d scanned Didomi user(s) in %d page(s), %d without organization_user_id, %.1fs",
+            stats["kept"],
+            stats["scanned"],
+            stats["pages"],
+            stats["without_organization_user_id"],
+            stats["seconds"],
+        )
+        ti = context.get("ti")
+        if ti is not None:
+            ti.xcom_push(key="pull_report", value=stats)
+        return frame
+
+
+def event_id(
+    organization_user_id: str, contactid: str | None, modifiedon: str | None, changes: Mapping[str, Any]
+) -> str:
+    """Deterministic event id of one source change: the same contact change always gives the same id.
+
+    Didomi stores a caller's event id once, so a re-run (or a retry after a lost response) never duplicates it.
+    """
+    canonical = json.dumps(changes, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    source = "\n".join([organization_user_id, contactid or "", modifiedon or "", canonical])
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, source))
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _moment(value: Any) -> dt.datetime | None:
+    """``modifiedon`` from the frame (pandas Timestamp, datetime or ISO text) as an aware UTC datetime."""
+    if value is None or value is pd.NaT or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return None if pd.isna(value) else value.to_pydatetime().astimezone(dt.timezone.utc)
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return _utc_or_none(str(value))
+
+
+def _text(value: Any) -> str | None:
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _records(data: Any) -> list[dict[str, Any]]:
+    """The push input as row dicts: a DataFrame (the reverse mapping's output), a list of dicts, or nothing."""
+    if data is None:
+        return []
+    if isinstance(data, pd.DataFrame):
+        return [dict(zip(data.columns, row, strict=True)) for row in data.itertuples(index=False, name=None)]
+    if isinstance(data, str):
+        data = json.loads(data)
+    if isinstance(data, Mapping):
+        data = [data]
+    if not isinstance(data, Sequence) or not all(isinstance(r, Mapping) for r in data):
+        raise TypeError(
+            "events must be the reverse-mapped frame (organization_user_id, contactid, modifiedon, fields, event) "
+            f"or a list of such rows, got {type(data).__name__}"
+        )
+    return [dict(r) for r in data]
+
+
+class _Row:
+    """One input row on its way through the push."""
+
+    __slots__ = ("changes", "contactid", "fields", "key", "modifiedon", "position")
+
+    def __init__(self, position: int, key: str, contactid: str | None, modifiedon: dt.datetime | None) -> None:
+        self.position = position
+        self.key = key
+        self.contactid = contactid
+        self.modifiedon = modifiedon
+        self.fields: dict[str, Any] = {}
+        self.changes: dict[str, Any] = {}
+
+
+class DidomiPushConsentsOperator(BaseOperator):
+    """Send consent changes that came from Dynamics to Didomi as consent events; return the run report.
+
+    For each row of the reverse-mapped frame (``events``): read the user's current Didomi state, keep only the
+    fields that differ (``changed_fields``), and send one event with a deterministic id (a re-run never
+    duplicates) and ``$disable_integrations=true`` (Didomi does not echo the change back to Dynamics).
+
+    Conflict rule: when the Didomi user's ``updated_at`` is later than the contact's ``modifiedon`` and a field
+    differs, Didomi's newer change wins: the row is skipped with reason "Didomi changed later" (the forward sync
+    carries Didomi's value to Dynamics). Rows without ``organization_user_id`` are skipped; when two rows share an
+    ``organization_user_id`` the one with the newest ``modifiedon`` is sent and the other skipped.
+
+    After everything that can be sent was sent, the task fails when more than ``failure_threshold_rows`` rows or
+    more than ``failure_threshold_percent`` % of rows failed (the report is pushed to XCom ``report`` first).
+    ``dry_run`` plans and reports without sending anything.
+
+    :param config: optional integration config; its mappings name preference ids that contain ``_``.
+    """
+
+    template_fields: Sequence[str] = (
+        "events",
+        "is_dry_run",
+        "failure_threshold_rows",
+        "failure_threshold_percent",
+        "didomi_conn_id",
+    )
+    ui_color = "#fde9d9"
+
+    def __init__(
+        self,
+        *,
+        events: Any,
+        didomi_conn_id: str = DidomiHook.default_conn_name,
+        config: Any = None,
+        dry_run: Any = False,
+        failure_threshold_rows: int | None = None,
+        failure_threshold_percent: float | None = None,
+        disable_integrations: bool = True,
+        http_retry_policy: RetryPolicy | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.http_retry_policy = http_retry_policy
+        self.events = events
+        self.didomi_conn_id = didomi_conn_id
+        self.config = config
+        self.is_dry_run = dry_run  # BaseOperator.dry_run is a method: keep the flag under another name
+        self.failure_threshold_rows = failure_threshold_rows
+        self.failure_threshold_percent = failure_threshold_percent
+        self.disable_integrations = disable_integrations
+
+    def make_hook(self) -> DidomiHook:
+        return DidomiHook(self.didomi_conn_id, retry_policy=self.http_retry_policy)
+
+    def preference_ids(self) -> tuple[str, ...]:
+        """Preference ids named by the config's mappings (they split value flags whose ids contain ``_``)."""
+        if self.config is None:
+            return ()
+        return known_preferences((), load_config(self.config).mappings)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        started = time.monotonic()
+        dry_run = as_bool(self.is_dry_run)
+        report = RunReport("push_consents", dry_run=dry_run)
+        known = self.preference_ids()
+        rows = self.read_rows(report)
+        hook = self.make_hook()
+        try:
+            self._push(hook, rows, report, known, dry_run)
+        finally:
+            hook.close()
+        report.seconds = time.monotonic() - started
+        self.log.info(report.summary())
+        result = report.as_dict()
+        self.check_threshold(report, result, context.get("ti"))
+        return result
+
+    def _push(
+        self, hook: DidomiHook, rows: list[_Row], report: RunReport, known: tuple[str, ...], dry_run: bool
+    ) -> None:
+        """Diff each row against the user's current state, apply the conflict rule, send the events."""
+        current = hook.get_users(row.key for row in rows) if rows else {}
+
+        planned: list[tuple[_Row, dict[str, Any]]] = []
+        for row in rows:
+            user = current.get(row.key)
+            try:
+                row.changes = changed_fields(row.fields, user, known_preferences=known)
+                if not row.changes:
+                    report.add(row.key, Outcome.UNCHANGED)
+                    continue
+                didomi_updated = _utc_or_none(user.get("updated_at")) if user else None
+                if didomi_updated is not None and row.modifiedon is not None and didomi_updated > row.modifiedon:
+                    report.add(
+                        row.key,
+                        Outcome.SKIPPED,
+                        f"{DIDOMI_NEWER} (updated_at {_iso(didomi_updated)} after the contact's modifiedon "
+                        f"{_iso(row.modifiedon)}); Didomi's value wins for {', '.join(sorted(row.changes))}",
+                    )
+                    continue
+                event = build_event(row.key, row.changes, current=user, known_preferences=known)
+            except EventFieldError as err:
+                report.add(row.key, Outcome.FAILED, str(err))
+                continue
+            event["id"] = event_id(row.key, row.contactid, _iso(row.modifiedon), row.changes)
+            if row.modifiedon is not None:
+                event["created_at"] = _iso(row.modifiedon)  # the consent was given when the contact changed
+            planned.append((row, event))
+
+        already_stored = 0
+        if dry_run:
+            for row, _event in planned:
+                report.add(row.key, Outcome.SENT, "dry run: not sent", row.changes)
+        elif planned:
+            self.log.info("sending %d consent event(s) to Didomi", len(planned))
+            results: list[EventResult] = hook.send_events(
+                [event for _, event in planned], disable_integrations=self.disable_integrations
+            )
+            for result in results:
+                row = planned[result.index][0]
+                if result.ok:
+                    already_stored += result.status == "exists"
+                    report.add(row.key, Outcome.SENT, changes=row.changes)
+                else:
+                    report.add(row.key, Outcome.FAILED, f"Didomi refused the event: {result.error}", row.changes)
+        report.http_requests = hook.http_requests
+        report.throttled_429 = hook.throttled_429
+        report.extra["events_already_stored"] = already_stored
+
+    def read_rows(self, report: RunReport) -> list[_Row]:
+        """Parse the input; report rows that cannot be pushed; keep the newest row per organization_user_id."""
+        newest: dict[str, _Row] = {}
+        for position, record in enumerate(_records(self.events)):
+            key = _text(record.get("organization_user_id"))
+            contactid = _text(record.get("contactid"))
+            if key is None:
+                report.add(contactid or f"row {position}", Outcome.SKIPPED, "no organization_user_id")
+                continue
+            row = _Row(position, key, contactid, _moment(record.get("modifiedon")))
+            raw = record.get("fields")
+            try:
+                fields = json.loads(raw) if isinstance(raw, str) else raw
+            except ValueError:
+                report.add(key, Outcome.FAILED, "fields is not valid JSON")
+                continue
+            if not isinstance(fields, Mapping):
+                report.add(key, Outcome.FAILED, "fields must be a JSON object of grammar column -> desired value")
+                continue
+            row.fields = dict(fields)
+            other = newest.get(key)
+            if other is None:
+                newest[key] = row
+                continue
+            older, newer = (other, row) if _not_after(other.modifiedon, row.modifiedon) else (row, other)
+            newest[key] = newer
+            report.add(
+                key,
+                Outcome.SKIPPED,
+                f"duplicate organization_user_id: contact {newer.contactid or '?'} changed later and is sent instead "
+                f"of contact {older.contactid or '?'}",
+            )
+        return sorted(newest.values(), key=lambda r: r.position)
+
+    def check_threshold(self, report: RunReport, result: dict[str, Any], ti: Any) -> None:
+        """After everything that could be sent was sent: fail the task when too many rows failed."""
+        failed = report.counts[Outcome.FAILED.value]
+        rows_limit = _optional_number(self.failure_threshold_rows)
+        percent_limit = _optional_number(self.failure_threshold_percent)
+        percent = 100.0 * failed / report.total if report.total else 0.0
+        reasons = []
+        if rows_limit is not None and failed > rows_limit:
+            reasons.append(f"{failed} failed row(s) > {int(rows_limit)}")
+        if percent_limit is not None and percent > percent_limit:
+            reasons.append(f"{percent:.1f}% failed > {percent_limit:g}%")
+        if not reasons:
+            return
+        if ti is not None:
+            ti.xcom_push(key="report", value=result)
+        examples = "; ".join(f"{r.key}: {r.reason}" for r in report.failed()[:5])
+        raise AirflowException(
+            f"push_consents failure threshold exceeded ({', '.join(reasons)}); every other event was sent. "
+            f"First failures: {examples}"
+        )
+
+
+def _not_after(first: dt.datetime | None, second: dt.datetime | None) -> bool:
+    """Is ``first`` no later than ``second`` (an unknown time counts as oldest; ties go to the later row)."""
+    if first is None:
+        return True
+    if second is None:
+        return False
+    return first <= second
+
+
+def _optional_number(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in _EMPTY_TEXTS):
+        return None
+    return float(value)

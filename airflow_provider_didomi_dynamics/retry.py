@@ -69,6 +69,11 @@ class RetryPolicy:
         return self.rng.uniform(ceiling / 2, ceiling)
 
 
+def is_untrusted_certificate(error: BaseException | None) -> bool:
+    """A TLS verification failure is permanent: retrying cannot make a certificate trusted."""
+    return isinstance(error, requests.exceptions.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(error)
+
+
 def retry_after_s(response: requests.Response, default: float) -> float:
     value = response.headers.get("Retry-After")
     if value is None:
@@ -110,7 +115,8 @@ def send_with_retry(
         if outcome is None:
             return False
         if outcome.failed:
-            return isinstance(outcome.exception(), TRANSIENT_ERRORS)
+            error = outcome.exception()
+            return isinstance(error, TRANSIENT_ERRORS) and not is_untrusted_certificate(error)
         return outcome.result().status_code in RETRYABLE_STATUSES
 
     def attempt() -> requests.Response:

@@ -47,14 +47,17 @@ def report_row(name: str, report: dict[str, Any], seconds: float) -> dict[str, A
 
 def edit_contacts_as_a_person(running: RunningEmulators, count: int) -> list[dict[str, Any]]:
     """Change consent columns of some contacts through the Web API, as the 'editor' application user."""
+    from airflow_provider_didomi_dynamics.config import Authentication, Secret
     from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 
     endpoints = running.endpoints
-    editor = DataverseHook.from_endpoint(
-        instance=endpoints["dataverse_url"],
-        tenant_id=endpoints["tenant_id"],
-        client_id=endpoints["editor_client_id"],
-        client_secret=endpoints["editor_client_secret"],
+    editor = DataverseHook.from_config(
+        Authentication(
+            client_id=endpoints["editor_client_id"],
+            client_secret=Secret(endpoints["editor_client_secret"]),
+            tenant_id=endpoints["tenant_id"],
+            instance=endpoints["dataverse_url"],
+        ),
         authority_host=endpoints["authority_host"],
         ca_bundle=endpoints["ca_file"],
     )

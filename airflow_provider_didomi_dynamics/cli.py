@@ -44,6 +44,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(Path(args.workdir))
 
 
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from airflow_provider_didomi_dynamics.preflight import main_preflight
+
+    return main_preflight(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="didomi-dynamics",
@@ -67,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run both DAGs end to end against the emulators and print the outcome")
     demo.add_argument("--workdir", default=".demo", help="where the demo keeps its Airflow home and emulator files")
     demo.set_defaults(func=cmd_demo)
+
+    from airflow_provider_didomi_dynamics.preflight import add_preflight_arguments
+
+    preflight = commands.add_parser(
+        "preflight", help="check connections, privileges, mapped attributes and consent ids before a sync"
+    )
+    add_preflight_arguments(preflight)
+    preflight.set_defaults(func=cmd_preflight)
     return parser
 
 

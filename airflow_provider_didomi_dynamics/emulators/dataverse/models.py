@@ -47,6 +47,7 @@ from airflow_provider_didomi_dynamics.emulators.dataverse.odata import (
     parse_key_segment,
     sort_key_function,
 )
+from airflow_provider_didomi_dynamics.emulators.dataverse.security import SYSTEM_ADMINISTRATOR, SecurityModel
 from airflow_provider_didomi_dynamics.emulators.dataverse.throttling import (
     ServiceProtection,
     Throttle,
@@ -73,6 +74,16 @@ SDK_MESSAGES = (
     "Associate",
     "Disassociate",
 )
+# Which privilege family guards each table: prv<Create|Read|Write|Delete><family>.
+TABLE_PRIVILEGES = {
+    "contacts": "Contact",
+    "serviceendpoints": "ServiceEndpoint",
+    "sdkmessageprocessingsteps": "SdkMessageProcessingStep",
+    "sdkmessages": "SdkMessage",
+    "sdkmessagefilters": "SdkMessage",
+    "systemusers": "User",
+    "roles": "Role",
+}
 _SIMPLE_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)='([^']*)'")
 _BIND_RE = re.compile(r"^/?(?:.*/)?([A-Za-z_]+)\(([0-9a-fA-F-]{36})\)$")
 
@@ -331,6 +342,8 @@ class DataverseModel:
         self.apps: dict[str, ApplicationUser] = {}
         self.users: dict[str, SystemUser] = {}
         self.tokens: dict[str, Token] = {}
+        self.security = SecurityModel(self.business_unit_id)
+        self._bypass_security = False
         self.integration = self.add_application_user("Didomi sync integration")
         self.editor = self.add_application_user("Dynamics editor (stands for a person)")
         self.human_editor = self.add_system_user("Dana Editor")
@@ -400,11 +413,14 @@ class DataverseModel:
 
     # -- identity -----------------------------------------------------------------------------------------------
 
-    def add_system_user(self, fullname: str, azure_object_id: str | None = None) -> SystemUser:
-        """A person in the org (impersonation target via ``CallerObjectId``)."""
+    def add_system_user(
+        self, fullname: str, azure_object_id: str | None = None, roles: Iterable[str] | None = None
+    ) -> SystemUser:
+        """A person in the org (impersonation target via ``CallerObjectId``); default role: System Administrator."""
         with self._lock:
             user = SystemUser(str(uuid.uuid4()), fullname, azure_object_id or str(uuid.uuid4()))
             self.users[user.systemuserid] = user
+            self.security.register_user(user.systemuserid, (SYSTEM_ADMINISTRATOR,) if roles is None else roles)
             return user
 
     def add_application_user(
@@ -413,15 +429,85 @@ class DataverseModel:
         client_id: str | None = None,
         client_secret: str | None = None,
         can_impersonate: bool = True,
+        roles: Iterable[str] | None = None,
     ) -> ApplicationUser:
-        """Register an app (client id + secret) with its own application user in the org."""
+        """Register an app (client id + secret) with its own application user in the org.
+
+        ``roles`` are the security roles of that user; by default System Administrator, so every operation works
+        until a test narrows them (:meth:`remove_role`, :meth:`assign_role`).
+        """
         with self._lock:
             client_id = client_id or str(uuid.uuid4())
             user = SystemUser(str(uuid.uuid4()), f"# {name}", str(uuid.uuid4()), applicationid=client_id)
             app = ApplicationUser(name, client_id, client_secret or secrets.token_urlsafe(24), user, can_impersonate)
             self.users[user.systemuserid] = user
             self.apps[client_id] = app
+            self.security.register_user(user.systemuserid, (SYSTEM_ADMINISTRATOR,) if roles is None else roles)
             return app
+
+    # -- security roles -----------------------------------------------------------------------------------------
+
+    def system_user(self, client_id_or_user_id: str) -> SystemUser:
+        """The system user behind an application (client id) or with this ``systemuserid``."""
+        key = client_id_or_user_id.strip().lower()
+        with self._lock:
+            app = self.apps.get(client_id_or_user_id) or self.apps.get(key)
+            if app is not None:
+                return app.user
+            user = self.users.get(key)
+            if user is None:
+                raise E.not_found("systemuser", client_id_or_user_id)
+            return user
+
+    def assign_role(self, client_id_or_user_id: str, role_name: str) -> list[str]:
+        """Give a user (or the application user of a client id) a security role; returns its role names."""
+        user = self.system_user(client_id_or_user_id)
+        self.security.assign(user.systemuserid, role_name)
+        return self.user_roles(user.systemuserid)
+
+    def remove_role(self, client_id_or_user_id: str, role_name: str) -> list[str]:
+        """Take a security role away (e.g. System Administrator once the webhook is set up); returns what is left."""
+        user = self.system_user(client_id_or_user_id)
+        self.security.remove(user.systemuserid, role_name)
+        return self.user_roles(user.systemuserid)
+
+    def user_roles(self, client_id_or_user_id: str) -> list[str]:
+        user = self.system_user(client_id_or_user_id)
+        return [r.name for r in self.security.roles_of(user.systemuserid)]
+
+    def add_role(self, name: str, privileges: Iterable[str] | dict[str, str]) -> dict[str, Any]:
+        """Define a custom security role (privilege names at Global depth, or name -> depth)."""
+        role = self.security.add_role(name, privileges)
+        return role.as_row(self.business_unit_id)
+
+    def user_privileges(self, client_id_or_user_id: str) -> list[dict[str, Any]]:
+        """What ``RetrieveUserPrivileges`` returns for this user."""
+        user = self.system_user(client_id_or_user_id)
+        return self.security.role_privileges(user.systemuserid)
+
+    def check_privilege(self, caller: Caller, privilege: str) -> None:
+        """403 ``0x80040220`` unless the effective user holds ``privilege``."""
+        if self._bypass_security:
+            return
+        user = caller.user
+        if privilege not in self.security.privileges_of(user.systemuserid):
+            raise self.security.missing(user.systemuserid, privilege, 4 if user.applicationid else 0)
+
+    def check_table_privilege(self, caller: Caller, action: str, entity_set: str) -> None:
+        """``action`` Create/Read/Write/Delete on a table (no-op for tables without privileges)."""
+        family = TABLE_PRIVILEGES.get(entity_set)
+        if family is not None:
+            self.check_privilege(caller, f"prv{action}{family}")
+
+    @contextmanager
+    def _security_bypassed(self) -> Iterator[None]:
+        """Seeding and other Python-side setup act as the platform itself, not as a user."""
+        previous = self._bypass_security
+        self._bypass_security = True
+        try:
+            yield
+        finally:
+            self._bypass_security = previous
 
     def issue_token(self, tenant: str, form: dict[str, str]) -> dict[str, Any]:
         """Client-credentials grant. Returns the token response JSON or raises :class:`AuthError`."""
@@ -514,13 +600,8 @@ class DataverseModel:
         """Apply ``CallerObjectId`` (Entra object id) or ``MSCRMCallerID`` (systemuserid) impersonation."""
         if not caller_object_id and not caller_user_id:
             return Caller(app, app.user)
-        if not app.can_impersonate:
-            raise DataverseError(
-                403,
-                "0x80040220",
-                f"Principal user (Id={app.user.systemuserid}, type=8) is missing prvActOnBehalfOfAnotherUser "
-                "privilege.",
-            )
+        if not app.can_impersonate or not self.security.has(app.user.systemuserid, "prvActOnBehalfOfAnotherUser"):
+            raise self.security.missing(app.user.systemuserid, "prvActOnBehalfOfAnotherUser", 4)
         with self._lock:
             if caller_object_id:
                 wanted = caller_object_id.strip().lower()
@@ -585,7 +666,8 @@ class DataverseModel:
     def reset(self, schema: bool = True) -> None:
         """Empty the table; with ``schema`` also drop custom columns, keys and webhook registrations.
 
-        Identity (apps, users, tokens) survives so connected clients keep working.
+        Identity (apps, users, tokens) survives so connected clients keep working; with ``schema`` custom roles go
+        and every user gets its initial roles back.
         """
         with self._lock:
             if schema:
@@ -593,6 +675,7 @@ class DataverseModel:
                 self.change_tracking_enabled = True
                 self._endpoints.rows.clear()
                 self._steps.rows.clear()
+                self.security.reset()
             else:
                 self.rows.clear()
                 self.tombstones.clear()
@@ -997,6 +1080,7 @@ class DataverseModel:
     ) -> dict[str, Any]:
         """Create one contact from a Web API body; returns the stored row."""
         with self._lock:
+            self.check_privilege(caller, "prvCreateContact")
             self._refresh_keys()
             values = self._convert(body, creating=True)
             if key_values:
@@ -1051,6 +1135,7 @@ class DataverseModel:
             return self._apply_update(cid, old, values, caller)
 
     def _apply_update(self, cid: str, old: dict[str, Any], values: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        self.check_privilege(caller, "prvWriteContact")
         now, version = self._stamp()
         new = dict(old)
         new.update(values)
@@ -1148,6 +1233,7 @@ class DataverseModel:
 
     def delete_contact(self, address: str | dict[str, Any], caller: Caller, *, if_match: str | None = None) -> None:
         with self._lock:
+            self.check_privilege(caller, "prvDeleteContact")
             self._refresh_keys()
             cid = self.find_contact_id(address)
             if cid is None:
@@ -1248,7 +1334,7 @@ class DataverseModel:
         Values use Web API shapes: ISO strings for DateTime columns, ``_x_value`` GUIDs for lookups.
         """
         ids: list[str] = []
-        with self._lock, self.transaction(), self._events_suppressed():
+        with self._lock, self.transaction(), self._events_suppressed(), self._security_bypassed():
             caller = Caller(self.integration, self.integration.user)
             for source in rows:
                 system = {k: source[k] for k in _SEEDABLE_SYSTEM if k in source}
@@ -1411,7 +1497,11 @@ class DataverseModel:
     def system_table(self, entity_set: str) -> SystemTable | None:
         if entity_set == "systemusers":
             table = SystemTable("systemusers", "systemuser", "systemuserid")
-            table.rows = {u.systemuserid: u.as_row() for u in self.users.values()}
+            table.rows = {u.systemuserid: self._user_row(u) for u in self.users.values()}
+            return table
+        if entity_set == "roles":
+            table = SystemTable("roles", "role", "roleid")
+            table.rows = self.security.role_rows()
             return table
         return {
             "sdkmessages": self._sdkmessages,
@@ -1419,6 +1509,15 @@ class DataverseModel:
             "serviceendpoints": self._endpoints,
             "sdkmessageprocessingsteps": self._steps,
         }.get(entity_set)
+
+    def _user_row(self, user: SystemUser) -> dict[str, Any]:
+        """A systemuser row with its roles as the ``systemuserroles_association`` collection (shown when expanded)."""
+        row = user.as_row()
+        row["_businessunitid_value"] = self.business_unit_id
+        row["systemuserroles_association"] = [
+            r.as_row(self.business_unit_id) for r in self.security.roles_of(user.systemuserid)
+        ]
+        return row
 
     def _rebuild_filters(self) -> None:
         self._filters.rows.clear()
@@ -1443,6 +1542,7 @@ class DataverseModel:
             table = self.system_table(entity_set)
             if table is None or not table.writable:
                 raise DataverseError(405, "", f"The entity set '{entity_set}' does not support creating records.")
+            self.check_table_privilege(caller, "Create", entity_set)
             row: dict[str, Any] = {}
             for k, v in body.items():
                 if k.endswith("@odata.bind"):
@@ -1483,11 +1583,16 @@ class DataverseModel:
             table.rows[rid] = row
             return row
 
-    def update_system_row(self, entity_set: str, rid: str, body: dict[str, Any]) -> dict[str, Any]:
+    def update_system_row(
+        self, entity_set: str, rid: str, body: dict[str, Any], caller: Caller | None = None
+    ) -> dict[str, Any]:
+        """Update a registration row; with a ``caller`` its Write privilege is checked."""
         with self._lock:
             table = self.system_table(entity_set)
             if table is None or not table.writable:
                 raise DataverseError(405, "", f"The entity set '{entity_set}' does not support updates.")
+            if caller is not None:
+                self.check_table_privilege(caller, "Write", entity_set)
             row = table.rows.get(rid.lower())
             if row is None:
                 raise E.not_found(table.logical_name, rid)
@@ -1500,11 +1605,14 @@ class DataverseModel:
                     row[k] = v
             return row
 
-    def delete_system_row(self, entity_set: str, rid: str) -> None:
+    def delete_system_row(self, entity_set: str, rid: str, caller: Caller | None = None) -> None:
+        """Delete a registration row; with a ``caller`` its Delete privilege is checked."""
         with self._lock:
             table = self.system_table(entity_set)
             if table is None or not table.writable:
                 raise DataverseError(405, "", f"The entity set '{entity_set}' does not support deletes.")
+            if caller is not None:
+                self.check_table_privilege(caller, "Delete", entity_set)
             if table.rows.pop(rid.lower(), None) is None:
                 raise E.not_found(table.logical_name, rid)
             if entity_set == "serviceendpoints":

@@ -72,7 +72,17 @@ MAX_SEGMENT_LENGTH = 260
 JSON_TYPE = "application/json; odata.metadata=minimal"
 _ADDRESS_UNSAFE_400 = set("<>*%&:\\?")
 _ADDRESS_UNSAFE_404 = set("/+")
-_SYSTEM_SETS = ("serviceendpoints", "sdkmessageprocessingsteps", "sdkmessages", "sdkmessagefilters", "systemusers")
+_SYSTEM_SETS = (
+    "serviceendpoints",
+    "sdkmessageprocessingsteps",
+    "sdkmessages",
+    "sdkmessagefilters",
+    "systemusers",
+    "roles",
+)
+# Collection-valued navigation properties: hidden unless ``$expand``-ed, like Dataverse does.
+_COLLECTION_NAVIGATION = frozenset({"systemuserroles_association"})
+_RETRIEVE_USER_PRIVILEGES = ("RetrieveUserPrivileges()", "RetrieveUserPrivileges")
 _BULK_ACTIONS = ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")
 
 
@@ -559,6 +569,7 @@ class DataverseApp:
         return f"{req.base}$metadata#contacts{cols}{suffix}"
 
     def _get_contact(self, req: Request, address: str | dict[str, Any]) -> Response:
+        self.model.check_table_privilege(req.caller, "Read", "contacts")
         _reject_unsupported(req.params, allowed=("$select", "$expand"))
         if "$expand" in req.params:
             raise _bad_expand(req.params["$expand"])
@@ -590,6 +601,7 @@ class DataverseApp:
         return Response(200, body, headers, records_read=1)
 
     def _get_property(self, req: Request, address: str | dict[str, Any], prop: str) -> Response:
+        self.model.check_table_privilege(req.caller, "Read", "contacts")
         raw = prop.endswith("/$value")
         name = prop.removesuffix("/$value")
         self.model.check_columns([name])
@@ -606,6 +618,7 @@ class DataverseApp:
         )
 
     def _query_contacts(self, req: Request) -> Response:
+        self.model.check_table_privilege(req.caller, "Read", "contacts")
         params = req.params
         _reject_unsupported(
             params,
@@ -1077,7 +1090,14 @@ class DataverseApp:
         model = self.model
         table = model.system_table(name)
         assert table is not None
+        if req.method == "GET":
+            model.check_table_privilege(req.caller, "Read", name)
+            if name == "systemusers" and "systemuserroles_association" in req.params.get("$expand", ""):
+                model.check_table_privilege(req.caller, "Read", "roles")  # expanding reads the related table
         if rest:
+            function = rest.removeprefix("Microsoft.Dynamics.CRM.")
+            if name == "systemusers" and key is not None and function in _RETRIEVE_USER_PRIVILEGES:
+                return self._retrieve_user_privileges(req, table, key)
             raise DataverseError(404, E.SEGMENT_NOT_FOUND, f"Resource not found for the segment '{rest}'.")
         if key is None:
             if req.method == "GET":
@@ -1109,12 +1129,27 @@ class DataverseApp:
                 },
             )
         if req.method == "PATCH":
-            model.update_system_row(name, rid, req.json())
+            model.update_system_row(name, rid, req.json(), req.caller)
             return Response(204, b"", [("OData-EntityId", f"{req.base}{name}({rid})")])
         if req.method == "DELETE":
-            model.delete_system_row(name, rid)
+            model.delete_system_row(name, rid, req.caller)
             return Response(204)
         raise _method_not_allowed(req.method)
+
+    def _retrieve_user_privileges(self, req: Request, table: SystemTable, key: str) -> Response:
+        """``GET systemusers(<id>)/Microsoft.Dynamics.CRM.RetrieveUserPrivileges()``: the user's privileges."""
+        if req.method != "GET":
+            raise _method_not_allowed(req.method)
+        user_id = key.strip().lower()
+        if user_id not in table.rows:
+            raise E.not_found("systemuser", key)
+        return Response.json(
+            200,
+            {
+                "@odata.context": f"{req.base}$metadata#Microsoft.Dynamics.CRM.RetrieveUserPrivilegesResponse",
+                "RolePrivileges": self.model.user_privileges(user_id),
+            },
+        )
 
     def _system_query(self, req: Request, table: SystemTable) -> Response:
         params = req.params
@@ -1245,6 +1280,28 @@ class DataverseApp:
         if route == "/keys" and method == "POST":
             key = model.define_alternate_key(payload["name"], payload["attributes"])
             return Response.json(201, key.to_json())
+        if route == "/roles":
+            if method == "GET":
+                return Response.json(
+                    200,
+                    {
+                        "roles": list(model.security.role_rows().values()),
+                        "users": {uid: model.user_roles(uid) for uid in list(model.users)},
+                    },
+                )
+            if method == "POST":
+                user = str(payload.get("user") or payload.get("client_id") or payload.get("user_id") or "")
+                action = str(payload.get("action", "assign"))
+                if not user or "role" not in payload or action not in ("assign", "remove"):
+                    raise ValueError(
+                        'body must be {"user": <client id or systemuserid>, "role": <name>, '
+                        '"action": "assign"|"remove"}'
+                    )
+                if action == "assign":
+                    roles = model.assign_role(user, str(payload["role"]))
+                else:
+                    roles = model.remove_role(user, str(payload["role"]))
+                return Response.json(200, {"user": model.system_user(user).systemuserid, "roles": roles})
         if route == "/attributes" and method == "POST":
             meta = model.add_attribute(
                 payload["logical_name"],
@@ -1323,6 +1380,12 @@ def _system_view(
     for k, v in row.items():
         if k == "_authvalue":
             out["authvalue"] = None  # write-only: Dataverse never returns it
+            continue
+        if k in _COLLECTION_NAVIGATION:
+            if k in expand:
+                inner = expand[k].get("$select")
+                wanted = inner.split(",") if inner else None
+                out[k] = [{ik: iv for ik, iv in item.items() if wanted is None or ik in wanted} for item in v]
             continue
         if isinstance(v, dict):
             if k in expand:

@@ -34,7 +34,11 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "Didomi",
-                "python-modules": [f"{PACKAGE}.operators.didomi", f"{PACKAGE}.operators.mapping"],
+                "python-modules": [
+                    f"{PACKAGE}.operators.didomi",
+                    f"{PACKAGE}.operators.mapping",
+                    f"{PACKAGE}.operators.preflight",
+                ],
             },
             {
                 "integration-name": "Microsoft Dynamics 365 (Dataverse)",
@@ -49,7 +53,10 @@ def get_provider_info() -> dict[str, Any]:
                 "conn-fields": {
                     "organization_id": {
                         "label": "Organization ID",
-                        "description": "Your Didomi organization ID, sent as ?organization_id= on every call.",
+                        "description": (
+                            "Your Didomi organization ID (e.g. my-organization), "
+                            "sent as ?organization_id= on every call."
+                        ),
                         "schema": {"type": ["string", "null"]},
                     },
                     "ca_bundle": {
@@ -76,7 +83,10 @@ def get_provider_info() -> dict[str, Any]:
                 "conn-fields": {
                     "tenant_id": {
                         "label": "Tenant ID",
-                        "description": "Microsoft Entra ID (Azure AD) tenant of the app registration.",
+                        "description": (
+                            "Microsoft Entra ID (Azure AD) tenant of the app registration: the Directory (tenant) ID, "
+                            "a GUID such as 00000000-0000-0000-0000-000000000000."
+                        ),
                         "schema": {"type": ["string", "null"]},
                     },
                     "authority_host": {
@@ -86,6 +96,7 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "api_version": {
                         "label": "Web API version",
+                        "description": "Dataverse Web API version used in /api/data/v<version>/; keep 9.2.",
                         "schema": {"type": ["string", "null"], "default": "9.2"},
                     },
                     "ca_bundle": {

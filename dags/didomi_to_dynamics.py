@@ -8,6 +8,7 @@ from airflow_provider_didomi_dynamics import dag_settings
 from airflow_provider_didomi_dynamics.operators.dataverse import DataversePushContactsOperator
 from airflow_provider_didomi_dynamics.operators.didomi import DidomiPullConsentsOperator
 from airflow_provider_didomi_dynamics.operators.mapping import ApplyConsentMappingOperator
+from airflow_provider_didomi_dynamics.operators.preflight import SyncPreflightOperator
 
 DOC = """
 ### Didomi -> Dynamics 365 contacts
@@ -43,6 +44,7 @@ with DAG(
     doc_md=DOC,
     tags=["didomi", "dynamics365", "consent"],
 ) as dag:
+    preflight = SyncPreflightOperator(task_id="preflight", config=dag_settings.config_source())
     pull_consents = DidomiPullConsentsOperator(
         task_id="pull_consents",
         since="{{ params.since }}",
@@ -63,4 +65,4 @@ with DAG(
         pool=dag_settings.DATAVERSE_POOL,
         outlets=[Asset("dataverse://contacts")],
     )
-    pull_consents >> apply_mapping >> push_contacts
+    preflight >> pull_consents >> apply_mapping >> push_contacts

@@ -8,6 +8,7 @@ from airflow_provider_didomi_dynamics import dag_settings
 from airflow_provider_didomi_dynamics.operators.dataverse import DataversePullContactsOperator
 from airflow_provider_didomi_dynamics.operators.didomi import DidomiPushConsentsOperator
 from airflow_provider_didomi_dynamics.operators.mapping import ReverseConsentMappingOperator
+from airflow_provider_didomi_dynamics.operators.preflight import SyncPreflightOperator
 
 DOC = """
 ### Dynamics 365 contacts -> Didomi consent events
@@ -40,6 +41,7 @@ with DAG(
     doc_md=DOC,
     tags=["didomi", "dynamics365", "consent"],
 ) as dag:
+    preflight = SyncPreflightOperator(task_id="preflight", config=dag_settings.config_source())
     pull_contacts = DataversePullContactsOperator(
         task_id="pull_contacts",
         config=dag_settings.config_source(),
@@ -61,4 +63,4 @@ with DAG(
         pool=dag_settings.DIDOMI_POOL,
         outlets=[Asset("didomi://consents/events")],
     )
-    pull_contacts >> reverse_mapping >> push_consents
+    preflight >> pull_contacts >> reverse_mapping >> push_consents

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param
+from typing import Any
+
+from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, task
 
 from airflow_provider_didomi_dynamics import dag_settings
 from airflow_provider_didomi_dynamics.operators.dataverse import DataversePullContactsOperator
 from airflow_provider_didomi_dynamics.operators.didomi import DidomiPushConsentsOperator
 from airflow_provider_didomi_dynamics.operators.mapping import ReverseConsentMappingOperator
 from airflow_provider_didomi_dynamics.operators.preflight import SyncPreflightOperator
+from airflow_provider_didomi_dynamics.webhook_payload import targeted_contact_ids
 
 DOC = """
 ### Dynamics 365 contacts -> Didomi consent events
@@ -22,7 +25,8 @@ with `$disable_integrations=true` so Didomi does not forward the change back to 
 after the contact keeps its value (the row is reported *skipped*, "Didomi changed later").
 
 **Re-runs**: event ids are derived from the contact and its `modifiedon`, so a re-run never stores an event twice.
-Params: `since` / `until`, `full_sync`, `contact_ids` (targeted re-sync), `dry_run`.
+Params: `since` / `until`, `full_sync`, `contact_ids` (targeted re-sync), `remote_execution_context` (the Dynamics
+webhook's payload, passed as run conf through the REST API: syncs just that contact), `dry_run`.
 """
 
 with DAG(
@@ -36,11 +40,23 @@ with DAG(
     params={
         **dag_settings.sync_params(),
         "contact_ids": Param([], type="array", description="Sync only these Dataverse contact ids."),
+        "remote_execution_context": Param(
+            None,
+            type=["null", "object", "array"],
+            description="A RemoteExecutionContext delivered by the Dynamics webhook: sync just its contact.",
+        ),
     },
     render_template_as_native_obj=True,
     doc_md=DOC,
     tags=["didomi", "dynamics365", "consent"],
 ) as dag:
+
+    @task(task_id="targeted_contacts")
+    def targeted_contacts(params: dict[str, Any] | None = None) -> list[str]:
+        """Contact ids from the run conf: ``contact_ids`` and/or a webhook's ``remote_execution_context``."""
+        params = params or {}
+        return targeted_contact_ids(params.get("contact_ids"), params.get("remote_execution_context"))
+
     preflight = SyncPreflightOperator(task_id="preflight", config=dag_settings.config_source())
     pull_contacts = DataversePullContactsOperator(
         task_id="pull_contacts",
@@ -48,7 +64,7 @@ with DAG(
         since="{{ params.since }}",
         until="{{ params.until }}",
         full_sync="{{ params.full_sync }}",
-        contact_ids="{{ params.contact_ids }}",
+        contact_ids=targeted_contacts(),
         pool=dag_settings.DATAVERSE_POOL,
         inlets=[Asset("dataverse://contacts")],
     )

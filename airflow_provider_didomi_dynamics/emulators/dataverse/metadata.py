@@ -87,6 +87,20 @@ CAST_PROPERTIES = {
 
 Converter = Callable[[Any], Any]
 
+# Values Dataverse gives standard columns on create; also their metadata DefaultValue.
+CREATE_DEFAULTS: dict[str, Any] = {
+    "donotbulkemail": False,
+    "donotemail": False,
+    "donotphone": False,
+    "donotpostalmail": False,
+    "donotfax": False,
+    "donotsendmm": False,
+    "followemail": True,
+    "preferredcontactmethodcode": 1,
+    "statecode": 0,
+    "statuscode": 1,
+}
+
 
 def label(text: str) -> dict[str, Any]:
     """A Dataverse ``Label`` complex value in English (1033)."""
@@ -303,7 +317,7 @@ class AttributeMeta:
             }
         elif self.attribute_type == "Boolean":
             texts = self.options or {0: "No", 1: "Yes"}
-            out["DefaultValue"] = False
+            out["DefaultValue"] = bool(CREATE_DEFAULTS.get(self.logical_name, False))
             out["OptionSet"] = {
                 "MetadataId": stable_id(ENTITY, self.logical_name, "optionset"),
                 "Name": f"{ENTITY}_{self.logical_name}",

@@ -29,6 +29,7 @@ from typing import Any
 from airflow_provider_didomi_dynamics.emulators.dataverse import errors as E
 from airflow_provider_didomi_dynamics.emulators.dataverse.errors import DataverseError
 from airflow_provider_didomi_dynamics.emulators.dataverse.metadata import (
+    CREATE_DEFAULTS,
     ENTITY,
     PRIMARY_ID,
     AttributeMeta,
@@ -397,7 +398,7 @@ class DataverseModel:
             m.web_name: m.logical_name for m in self.attributes.values() if m.attribute_type in ("Lookup", "Owner")
         }
         self._blank = dict.fromkeys(self._columns)
-        self._new_row = {**self._blank, **_CREATE_DEFAULTS}
+        self._new_row = {**self._blank, **CREATE_DEFAULTS}
         # Hot-path tables: web name -> converter for columns writable on create / on update. Lookups map to a
         # function that raises (they are set with @odata.bind); read-only system columns are absent (ignored).
         self._create_conv: dict[str, Callable[[Any], Any]] = {}
@@ -1681,18 +1682,6 @@ class DataverseModel:
 # Helpers
 # ---------------------------------------------------------------------------------------------------------------
 
-_CREATE_DEFAULTS: dict[str, Any] = {
-    "donotbulkemail": False,
-    "donotemail": False,
-    "donotphone": False,
-    "donotpostalmail": False,
-    "donotfax": False,
-    "donotsendmm": False,
-    "followemail": True,
-    "preferredcontactmethodcode": 1,
-    "statecode": 0,
-    "statuscode": 1,
-}
 _guid_random = random.Random()
 
 

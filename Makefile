@@ -26,6 +26,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy airflow_provider_didomi_dynamics
 
+# airflow standalone wired to the emulators (demo data): UI on http://localhost:8080 (AIRFLOW__API__PORT=...), Ctrl-C stops
+# everything. See docs/airflow-ui.md. (Becomes `$(VENV)/bin/didomi-dynamics airflow` once cli.py has the subcommand.)
 airflow: $(STAMP)
 	$(VENV)/bin/didomi-dynamics airflow
 
@@ -36,4 +38,4 @@ bench: $(STAMP)
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .emulators .demo build *.egg-info
+	rm -rf $(VENV) .emulators .demo .airflow-local build *.egg-info

@@ -50,6 +50,14 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     return main_preflight(args)
 
 
+def cmd_airflow(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from airflow_provider_didomi_dynamics.local_airflow import main as airflow_main
+
+    return airflow_main(Path(args.workdir), port=args.port, verbose=args.verbose)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="didomi-dynamics",
@@ -81,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_preflight_arguments(preflight)
     preflight.set_defaults(func=cmd_preflight)
+    local = commands.add_parser(
+        "airflow", help="run airflow standalone (UI on :8080) wired to the emulators with demo data, until Ctrl-C"
+    )
+    local.add_argument("--workdir", default=".airflow-local", help="where AIRFLOW_HOME, emulator files and the log go")
+    local.add_argument("--port", type=int, default=None, help="UI / API port (default: $AIRFLOW__API__PORT, else 8080)")
+    local.add_argument("--verbose", action="store_true", help="show airflow standalone's output instead of a log file")
+    local.set_defaults(func=cmd_airflow)
     return parser
 
 

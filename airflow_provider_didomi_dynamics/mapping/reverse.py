@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ from airflow_provider_didomi_dynamics.mapping.grammar import FieldKind, FieldRef
 
 __all__ = ["REVERSE_COLUMNS", "ReverseMappingError", "reverse_map"]
 
-REVERSE_COLUMNS = ("organization_user_id", "contactid", "modifiedon", "fields", "event")
+REVERSE_COLUMNS = ("organization_user_id", "contactid", "modifiedon", "fields", "event", "default_fields")
 
 
 class ReverseMappingError(ValueError):
@@ -41,8 +41,16 @@ class _Invalid:
 _INVALID = _Invalid()
 
 
-def reverse_map(contacts: pd.DataFrame, config: IntegrationConfig) -> pd.DataFrame:
-    """One row per contact with a key: ``organization_user_id``, ``contactid``, ``modifiedon``, ``fields``, ``event``.
+def reverse_map(
+    contacts: pd.DataFrame, config: IntegrationConfig, defaults: Mapping[str, Any] | None = None
+) -> pd.DataFrame:
+    """One row per contact with a key: ``organization_user_id``, ``contactid``, ``modifiedon``, ``fields``, ``event``,
+    ``default_fields``.
+
+    ``defaults`` (attribute -> the column's default value, from Dataverse metadata) keeps a column that merely holds
+    its default out of ``fields``: Dataverse fills two-option columns on create, so ``donotemail`` false is no
+    evidence that a person chose anything. Such values go to ``default_fields``; the push sends them only where the
+    Didomi user already has a choice for that field (then a difference is a real change), never to invent one.
 
     ``frame.attrs`` holds ``missing_key`` (contacts with an empty key, left out), ``duplicate_keys`` (rows whose key
     another row already has; all are kept, the push decides) and ``invalid`` (attribute -> values not sent).
@@ -66,8 +74,9 @@ def reverse_map(contacts: pd.DataFrame, config: IntegrationConfig) -> pd.DataFra
     contact_ids = contacts["contactid"].tolist() if "contactid" in contacts.columns else [None] * n
     modified = _timestamps(contacts["modifiedon"] if "modifiedon" in contacts.columns else None, n)
 
-    columns: list[tuple[str, list[Any]]] = []
+    columns: list[tuple[str, list[Any], list[bool]]] = []
     invalid: dict[str, int] = {}
+    defaults = defaults or {}
     for mapping in mappings:
         ref = _reparse(mapping, known)
         convert = _converter(mapping, ref)
@@ -76,18 +85,23 @@ def reverse_map(contacts: pd.DataFrame, config: IntegrationConfig) -> pd.DataFra
         bad = sum(1 for value in desired if value is _INVALID)
         if bad:
             invalid[mapping.attribute] = bad
-        columns.append((mapping.value, desired))
+        default = defaults.get(mapping.attribute)
+        at_default = [default is not None and _same(cells[index], default) for index in rows]
+        columns.append((mapping.value, desired, at_default))
 
     fields_text: list[str] = []
+    defaults_text: list[str] = []
     events_text: list[str] = []
     for position, index in enumerate(rows):
         fields: dict[str, Any] = {}
-        for column, desired in columns:
+        default_fields: dict[str, Any] = {}
+        for column, desired, at_default in columns:
             value = desired[position]
             if value is _INVALID or (value is None and not clear):
                 continue
-            fields[column] = value
+            (default_fields if at_default[position] else fields)[column] = value
         fields_text.append(_json(fields))
+        defaults_text.append(_json(default_fields))
         events_text.append(_json(build_event(str(keys[index]), fields, known_preferences=known)))
 
     kept_keys = [keys[index] for index in rows]
@@ -98,6 +112,7 @@ def reverse_map(contacts: pd.DataFrame, config: IntegrationConfig) -> pd.DataFra
             "modifiedon": modified.take(rows).reset_index(drop=True),
             "fields": pd.array(fields_text, dtype=STRING_DTYPE),
             "event": pd.array(events_text, dtype=STRING_DTYPE),
+            "default_fields": pd.array(defaults_text, dtype=STRING_DTYPE),
         },
         index=pd.RangeIndex(len(rows)),
     )
@@ -105,6 +120,15 @@ def reverse_map(contacts: pd.DataFrame, config: IntegrationConfig) -> pd.DataFra
     frame.attrs["duplicate_keys"] = len(kept_keys) - len(set(kept_keys))
     frame.attrs["invalid"] = invalid
     return frame
+
+
+def _same(cell: Any, default: Any) -> bool:
+    """Whether a contact cell holds the column's default (booleans compare as booleans; null is never a default)."""
+    if cell is None or cell is pd.NA or (isinstance(cell, float) and cell != cell):
+        return False
+    if isinstance(default, bool):
+        return isinstance(cell, (bool, int)) and bool(cell) is default
+    return bool(cell == default)
 
 
 def _json(value: Any) -> str:

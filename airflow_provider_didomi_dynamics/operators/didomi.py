@@ -22,7 +22,7 @@ from airflow.sdk.exceptions import AirflowException
 from airflow_provider_didomi_dynamics.config import load_config
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook, EventResult
 from airflow_provider_didomi_dynamics.mapping.events import EventFieldError, build_event, changed_fields
-from airflow_provider_didomi_dynamics.mapping.flatten import UserFrameBuilder
+from airflow_provider_didomi_dynamics.mapping.flatten import UserFrameBuilder, flatten_user
 from airflow_provider_didomi_dynamics.mapping.forward import known_preferences
 from airflow_provider_didomi_dynamics.report import Outcome, RunReport
 from airflow_provider_didomi_dynamics.retry import RetryPolicy
@@ -252,7 +252,7 @@ def _records(data: Any) -> list[dict[str, Any]]:
 class _Row:
     """One input row on its way through the push."""
 
-    __slots__ = ("changes", "contactid", "fields", "key", "modifiedon", "position")
+    __slots__ = ("changes", "contactid", "default_fields", "fields", "key", "modifiedon", "position")
 
     def __init__(self, position: int, key: str, contactid: str | None, modifiedon: dt.datetime | None) -> None:
         self.position = position
@@ -260,6 +260,7 @@ class _Row:
         self.contactid = contactid
         self.modifiedon = modifiedon
         self.fields: dict[str, Any] = {}
+        self.default_fields: dict[str, Any] = {}
         self.changes: dict[str, Any] = {}
 
 
@@ -351,6 +352,12 @@ class DidomiPushConsentsOperator(BaseOperator):
             user = current.get(row.key)
             try:
                 row.changes = changed_fields(row.fields, user, known_preferences=known)
+                if row.default_fields and user is not None:
+                    # A contact column at its Dataverse default is no evidence of a choice: it may only change a
+                    # field the Didomi user already has a choice for, never turn "no choice" into one.
+                    chosen = flatten_user(user)
+                    defaults = changed_fields(row.default_fields, user, known_preferences=known)
+                    row.changes.update({k: v for k, v in defaults.items() if chosen.get(k) is not None})
                 if not row.changes:
                     report.add(row.key, Outcome.UNCHANGED)
                     continue
@@ -412,6 +419,13 @@ class DidomiPushConsentsOperator(BaseOperator):
                 report.add(key, Outcome.FAILED, "fields must be a JSON object of grammar column -> desired value")
                 continue
             row.fields = dict(fields)
+            raw_defaults = record.get("default_fields")
+            try:
+                defaults = json.loads(raw_defaults) if isinstance(raw_defaults, str) else (raw_defaults or {})
+            except ValueError:
+                report.add(key, Outcome.FAILED, "default_fields is not valid JSON")
+                continue
+            row.default_fields = dict(defaults) if isinstance(defaults, Mapping) else {}
             other = newest.get(key)
             if other is None:
                 newest[key] = row

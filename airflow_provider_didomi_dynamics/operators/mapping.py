@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 from airflow.sdk import BaseOperator, Context
 
-from airflow_provider_didomi_dynamics.config import load_config
+from airflow_provider_didomi_dynamics.config import IntegrationConfig, load_config
 from airflow_provider_didomi_dynamics.mapping.forward import forward_map
 from airflow_provider_didomi_dynamics.mapping.reverse import reverse_map
 
@@ -61,20 +61,49 @@ class ReverseConsentMappingOperator(BaseOperator):
 
     :param contacts: the frame from ``DataversePullContactsOperator`` (an XComArg).
     :param config: the integration config (dict, JSON text, file path) or None for the Airflow Variable.
+    :param dataverse_conn_id: where to read the mapped columns' default values (None: the config's
+        ``authentication``). A column that only holds its default is not a choice a person made.
     """
 
-    template_fields: Sequence[str] = ("contacts", "config")
+    template_fields: Sequence[str] = ("contacts", "config", "dataverse_conn_id")
     ui_color = "#e8f4ea"
 
-    def __init__(self, *, contacts: Any, config: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, contacts: Any, config: Any = None, dataverse_conn_id: str | None = "dataverse_default", **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.contacts = contacts
         self.config = config
+        self.dataverse_conn_id = dataverse_conn_id
+
+    def column_defaults(self, config: IntegrationConfig) -> dict[str, Any]:
+        """Default values of the two-option (Boolean) contact columns, from Dataverse metadata."""
+        from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
+
+        hook = (
+            DataverseHook(self.dataverse_conn_id)
+            if self.dataverse_conn_id
+            else DataverseHook.from_config(config.authentication)
+        )
+        try:
+            body = hook.get_json(
+                "EntityDefinitions(LogicalName='contact')/Attributes/Microsoft.Dynamics.CRM.BooleanAttributeMetadata",
+                {"$select": "LogicalName,DefaultValue"},
+            )
+        finally:
+            hook.close()
+        mapped = {m.attribute for m in config.reverse_mappings}
+        return {
+            a["LogicalName"]: a["DefaultValue"]
+            for a in body.get("value", [])
+            if a.get("LogicalName") in mapped and a.get("DefaultValue") is not None
+        }
 
     def execute(self, context: Context) -> pd.DataFrame:
         config = load_config(self.config)
         frame = self.contacts if isinstance(self.contacts, pd.DataFrame) else pd.DataFrame()
-        events = reverse_map(frame, config)
+        defaults = self.column_defaults(config) if len(frame) and config.reverse_mappings else {}
+        events = reverse_map(frame, config, defaults)
         self.log.info(
             "rebuilt %d consent event(s) from %d contact(s) over %d mapping(s); %d contact(s) without a key left out",
             len(events),

@@ -189,3 +189,28 @@ def test_reverse_frame_survives_parquet_and_xcom(make_user, make_config) -> None
     buffer.seek(0)
     pd.testing.assert_frame_equal(pd.read_parquet(buffer), frame)
     pd.testing.assert_frame_equal(deserialize(serialize(frame)), frame)
+
+
+def test_a_column_at_its_dataverse_default_is_kept_apart_from_real_choices(make_config) -> None:  # type: ignore[no-untyped-def]
+    """donotemail false is what Dataverse gives every new contact: it must not become a Didomi opt-in by itself."""
+    mappings = [
+        {"id": "donotemail", "value": "consents_channels_email_enabled", "transform": "invert"},
+        {"id": "donotbulkemail", "value": "consents_purposes_newsletter_enabled", "transform": "invert"},
+    ]
+    contacts = pd.DataFrame(
+        {
+            "contactid": ["c1"],
+            "emailaddress1": ["jane@example.com"],
+            "donotemail": pd.array([False], dtype="boolean"),
+            "donotbulkemail": pd.array([True], dtype="boolean"),
+            "modifiedon": pd.to_datetime(["2026-11-27T10:00:00Z"], utc=True),
+        }
+    )
+    frame = reverse_map(contacts, make_config(mappings), {"donotemail": False, "donotbulkemail": False})
+    assert json.loads(frame["fields"][0]) == {"consents_purposes_newsletter_enabled": False}
+    assert json.loads(frame["default_fields"][0]) == {"consents_channels_email_enabled": True}
+    without_defaults = reverse_map(contacts, make_config(mappings))
+    assert json.loads(without_defaults["fields"][0]) == {
+        "consents_channels_email_enabled": True,
+        "consents_purposes_newsletter_enabled": False,
+    }

@@ -126,7 +126,7 @@ def main(workdir: Path = Path(".demo")) -> int:
         run("5. Dynamics -> Didomi again", reverse, "push_consents", {"full_sync": True})
 
         print_table(
-            "Runs: every input row lands in exactly one outcome; 'no key' = left out by the mapping, no organization_user_id",
+            "Runs: every input row lands in exactly one outcome ('no key': left out, no organization_user_id)",
             runs,
             ["run", "rows", *OUTCOMES, "no key", "requests", "seconds"],
         )

@@ -94,7 +94,8 @@ def collect(dag_id: str, run_id: str) -> DagRunResult:
         result = DagRunResult(dag_id, run_id, str(dag_run.state))
         for ti in dag_run.get_task_instances(session=session):
             result.task_states[ti.task_id] = str(ti.state)
-        for row in session.scalars(XComModel.get_many(run_id=run_id, dag_ids=dag_id)):
+        rows: Any = session.scalars(XComModel.get_many(run_id=run_id, dag_ids=dag_id))
+        for row in rows:
             result.xcoms[(row.task_id, row.key)] = _deserialize(row)
     return result
 

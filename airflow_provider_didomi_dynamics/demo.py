@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -71,11 +72,13 @@ def edit_contacts_as_a_person(running: RunningEmulators, count: int) -> list[dic
     return changed
 
 
-def main(workdir: Path = Path(".demo")) -> int:
+def main(workdir: Path = Path(".demo"), users: int = 5000, quiet_airflow: bool = True) -> int:
     started = time.monotonic()
+    if quiet_airflow:  # the tables are the demo's output; Airflow's own info lines would bury them
+        os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     prepare_airflow_home(workdir / "airflow")
     config = json.loads(DEMO_CONFIG.read_text())
-    with RunningEmulators(workdir / "emulators", seed="demo") as running:
+    with RunningEmulators(workdir / "emulators", seed="demo", demo_users=users) as running:
         from airflow_provider_didomi_dynamics.testing import load_dag, run_dag
 
         endpoints = running.endpoints

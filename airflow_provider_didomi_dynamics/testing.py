@@ -20,6 +20,7 @@ DAGS_FOLDER = Path(__file__).resolve().parent.parent / "dags"
 
 def prepare_airflow_home(home: Path, dags_folder: Path = DAGS_FOLDER, migrate: bool = True) -> None:
     """Point Airflow at a private SQLite home and (once) create its metadata database."""
+    home = home.resolve()  # SQLite URLs must be absolute
     home.mkdir(parents=True, exist_ok=True)
     os.environ["AIRFLOW_HOME"] = str(home)
     os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
@@ -27,12 +28,14 @@ def prepare_airflow_home(home: Path, dags_folder: Path = DAGS_FOLDER, migrate: b
     os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{home / 'airflow.db'}"
     os.environ.setdefault("AIRFLOW__CORE__TEST_CONNECTION", "Enabled")
     if migrate and not (home / ".migrated").exists():
-        subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-m", "airflow", "db", "migrate"],
-            check=True,
             capture_output=True,
+            text=True,
             env=os.environ.copy(),
         )
+        if done.returncode != 0:
+            raise RuntimeError(f"airflow db migrate failed in {home}:\n{done.stderr[-3000:]}")
         (home / ".migrated").touch()
 
 

@@ -27,6 +27,7 @@ class RunningEmulators(AbstractContextManager["RunningEmulators"]):
     only: str | None = None
     latency_ms: float = 0.0
     seed: str = "empty"
+    demo_users: int = 5000
     dataverse: Any = None
     didomi: Any = None
     tls: TlsMaterial | None = None
@@ -48,7 +49,11 @@ class RunningEmulators(AbstractContextManager["RunningEmulators"]):
         if self.seed == "demo":
             from airflow_provider_didomi_dynamics.emulators.demo_data import seed_demo
 
-            seed_demo(self.didomi.model if self.didomi else None, self.dataverse.model if self.dataverse else None)
+            seed_demo(
+                self.didomi.model if self.didomi else None,
+                self.dataverse.model if self.dataverse else None,
+                users=self.demo_users,
+            )
         path = self.state_dir / ENDPOINTS_FILE
         path.write_text(json.dumps(self.endpoints, indent=2) + "\n")
         path.chmod(0o600)

@@ -239,6 +239,34 @@ def changes_for(
     return changes
 
 
+def _instant(value: Any) -> dt.datetime | None:
+    if value is None or value is pd.NA:
+        return None
+    try:
+        moment = pd.Timestamp(value)
+    except (TypeError, ValueError):
+        return None
+    if moment is pd.NaT:
+        return None
+    return (moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")).to_pydatetime()
+
+
+def _changed_later_in_dynamics(contact: Mapping[str, Any], updated_at: Any, own_user_id: str | None) -> str | None:
+    """The skip reason when a person (not this integration) changed the contact after Didomi changed the user."""
+    if own_user_id is None:
+        return None
+    modified_by = str(contact.get("_modifiedby_value") or "").lower()
+    if not modified_by or modified_by == own_user_id.lower():
+        return None
+    contact_moment, didomi_moment = _instant(contact.get("modifiedon")), _instant(updated_at)
+    if contact_moment is None or didomi_moment is None or contact_moment <= didomi_moment:
+        return None
+    return (
+        f"Dynamics changed later (modifiedon {contact_moment.isoformat()} after Didomi's updated_at "
+        f"{didomi_moment.isoformat()}); the contact's newer values win and flow to Didomi"
+    )
+
+
 def plan_push(
     rows: Sequence[InputRow],
     existing: Mapping[str, Mapping[str, Any]],
@@ -246,8 +274,13 @@ def plan_push(
     key_attribute: str,
     null_values: NullValues,
     upsert_mode: bool,
+    own_user_id: str | None = None,
 ) -> PushPlan:
-    """Sort rows into updates (changed columns only), creates (upsert mode), unchanged and skipped."""
+    """Sort rows into updates (changed columns only), creates (upsert mode), unchanged and skipped.
+
+    With ``own_user_id`` the conflict rule applies: a contact that someone else changed after Didomi's
+    ``updated_at`` keeps its values (the newer change wins; the reverse sync then carries it to Didomi).
+    """
     plan = PushPlan()
     for row in rows:
         if not row.key:
@@ -256,7 +289,10 @@ def plan_push(
         contact = existing.get(row.key)
         if contact is not None:
             changes = changes_for(contact, row.values, null_values)
-            if changes:
+            changed_later = _changed_later_in_dynamics(contact, row.updated_at, own_user_id) if changes else None
+            if changed_later:
+                plan.skipped.append((row, changed_later))
+            elif changes:
                 plan.updates.append(PlannedWrite(row, changes, str(contact["contactid"])))
             else:
                 plan.unchanged.append(row)

@@ -166,7 +166,9 @@ class ContactPusher:
         return max(1, min(cap, self.hook.parallelism))
 
     def select_columns(self) -> list[str]:
-        return list(dict.fromkeys(["contactid", self.key_attribute, *self.attributes]))
+        return list(
+            dict.fromkeys(["contactid", self.key_attribute, *self.attributes, "modifiedon", "_modifiedby_value"])
+        )
 
     def check_attributes(self) -> None:
         """Fail before any write when a mapped column does not exist: otherwise every row would fail one by one."""
@@ -311,6 +313,7 @@ class ContactPusher:
             key_attribute=self.key_attribute,
             null_values=self.config.null_values,
             upsert_mode=self.config.upsert_mode,
+            own_user_id=self.hook.user_id or None,
         )
         return _TaskResult(plan=plan)
 

@@ -82,7 +82,15 @@ def run_dag(
     mark_success_pattern: str | None = None,
 ) -> DagRunResult:
     """``dag.test()`` plus the states and XComs a test or the demo reads afterwards."""
-    dag_run = dag.test(run_conf=run_conf, logical_date=logical_date, mark_success_pattern=mark_success_pattern)
+    import copy
+
+    holders = [dag.params, *(task.params for task in dag.tasks)]
+    saved = [(param, copy.deepcopy(param.value)) for ps in holders for param in (ps.get_param(k) for k in ps)]
+    try:
+        dag_run = dag.test(run_conf=run_conf, logical_date=logical_date, mark_success_pattern=mark_success_pattern)
+    finally:
+        for param, value in saved:  # dag.test() resolves the run conf into the shared Param objects
+            param.value = value
     return collect(dag.dag_id, dag_run.run_id)
 
 

@@ -12,7 +12,9 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent.parent / "dags")
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ["AIRFLOW__CORE__TEST_CONNECTION"] = "Enabled"
-os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}")
+_INHERITED_DB = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "")
+if not _INHERITED_DB or "didomi-dynamics-airflow-" in _INHERITED_DB:  # none, or the xdist controller's
+    os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}"
 
 
 import subprocess  # noqa: E402

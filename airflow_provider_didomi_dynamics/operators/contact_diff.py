@@ -175,8 +175,8 @@ def _column_values(series: pd.Series) -> list[Any]:
     """Python values with None for NA; datetimes as ISO UTC strings."""
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         stamps = series if getattr(series.dt, "tz", None) is not None else series.dt.tz_localize("UTC")
-        naive = stamps.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[s]")
-        text = np.char.add(np.datetime_as_string(naive, unit="s"), "Z").astype(object)
+        naive = stamps.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[ms]")
+        text = np.char.add(np.datetime_as_string(naive, unit="ms"), "Z").astype(object)
         text[series.isna().to_numpy()] = None
         return text.tolist()
     if series.dtype == object:

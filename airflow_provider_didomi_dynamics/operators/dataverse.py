@@ -122,6 +122,7 @@ class ContactPusher:
         self.key_attribute = config.contact_key_attribute
         self.attributes = [m.attribute for m in config.forward_mappings]
         self.failed_inputs: list[dict[str, Any]] = []
+        self.unavailable: list[str] = []
         self._headers = self.options.headers()
         self._by_key = False
 
@@ -301,6 +302,7 @@ class ContactPusher:
             log.warning("%s; re-reading %d row(s) before trying again", err, len(task.writes))
             return _TaskResult(follow_ups=[_Task("create", task.writes, attempt=task.attempt + 1)], ok=False)
         except (DidomiDynamicsError, requests.RequestException) as err:
+            self.unavailable.append(f"{type(err).__name__}: {err}")
             return _failed(task, f"{type(err).__name__}: {err}")
 
     def _lookup(self, task: _Task) -> _TaskResult:
@@ -368,6 +370,8 @@ class ContactPusher:
         return result
 
     def _on_error(self, task: _Task, err: ApiError) -> _TaskResult:
+        if err.status_code >= 500 or err.status_code == 429:
+            self.unavailable.append(err.api_message or str(err))
         if task.kind == "lookup":
             # Without the current values nothing can be diffed: these rows fail and the next run retries them.
             reason = f"lookup failed: {err.api_message or err}"
@@ -511,12 +515,21 @@ class DataversePushContactsOperator(BaseOperator):
             ti.xcom_push(key=FAILED_ROWS_XCOM_KEY, value=failed_rows)
         result = report.as_dict()
         self.check_threshold(report, result, ti)
+        if pusher.unavailable and not options.dry_run:
+            if ti is not None:
+                ti.xcom_push(key="report", value=result)
+            raise AirflowException(
+                f"Dataverse did not answer for {report.counts['failed']} row(s) ({pusher.unavailable[0]}); "
+                "every other row was written, the failed ones are retried"
+            )
         return result
 
     def previous_failures(self, ti: Any) -> Any:
         """The rows the previous run of this task could not write (its ``failed_rows`` XCom), to retry them now."""
         try:
-            rows = ti.xcom_pull(task_ids=self.task_id, key=FAILED_ROWS_XCOM_KEY, include_prior_dates=True)
+            rows = ti.xcom_pull(
+                task_ids=self.task_id, key=FAILED_ROWS_XCOM_KEY, include_prior_dates=True, map_indexes=ti.map_index
+            )
         except Exception as err:  # a first run, or a manual run without a logical date: nothing to retry
             self.log.warning("could not read the previous run's failed rows (%s); none retried", err)
             return None

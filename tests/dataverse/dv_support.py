@@ -117,6 +117,8 @@ def contacts_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 class FakeTI:
     """The two TaskInstance calls the push makes, recorded."""
 
+    map_index = -1  # an unmapped task, as Airflow gives it
+
     def __init__(self, previous: dict[str, Any] | None = None) -> None:
         self.pushed: dict[str, Any] = {}
         self.previous = previous or {}

@@ -45,7 +45,7 @@ def test_rows_from_frame_unbox_nullable_values() -> None:
     assert row.values == {"donotbulkemail": True, "followemail": None, "preferredcontactmethodcode": 2}
     assert type(row.values["preferredcontactmethodcode"]) is int
     assert type(row.values["donotbulkemail"]) is bool
-    assert row.updated_at == "2024-01-02T00:00:00Z"
+    assert row.updated_at == "2024-01-02T00:00:00.000Z"  # milliseconds, as Didomi keeps them
 
 
 def test_rows_from_input_refuses_a_frame_without_the_key_column() -> None:

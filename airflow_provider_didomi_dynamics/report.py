@@ -89,3 +89,37 @@ class RunReport:
         return f"{self.operation}: {self.total} row(s): {parts or 'nothing to do'}" + (
             " (dry run)" if self.dry_run else ""
         )
+
+
+def optional_number(value: Any) -> float | None:
+    """A templated threshold: empty, 'none' or 'null' mean no threshold."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        return None
+    return float(value)
+
+
+def enforce_failure_threshold(
+    report: RunReport, result: dict[str, Any], ti: Any, rows_limit: Any, percent_limit: Any, done: str
+) -> None:
+    """After everything that could be written was written: fail the task when more than N rows or P% failed.
+
+    The report is pushed as XCom ``report`` first, so a person reads what happened on the failed task.
+    """
+    from airflow.sdk.exceptions import AirflowException
+
+    failed = report.counts[Outcome.FAILED.value]
+    rows, percent_cap = optional_number(rows_limit), optional_number(percent_limit)
+    percent = 100.0 * failed / report.total if report.total else 0.0
+    reasons = []
+    if rows is not None and failed > rows:
+        reasons.append(f"{failed} failed row(s) > {int(rows)}")
+    if percent_cap is not None and percent > percent_cap:
+        reasons.append(f"{percent:.1f}% failed > {percent_cap:g}%")
+    if not reasons:
+        return
+    if ti is not None:
+        ti.xcom_push(key="report", value=result)
+    examples = "; ".join(f"{r.key}: {r.reason}" for r in report.failed()[:5])
+    raise AirflowException(
+        f"{report.operation} failure threshold exceeded ({', '.join(reasons)}); {done}. First failures: {examples}"
+    )

@@ -43,7 +43,7 @@ from airflow_provider_didomi_dynamics.operators.contact_diff import (
     plan_push,
     rows_from_input,
 )
-from airflow_provider_didomi_dynamics.report import Outcome, RunReport
+from airflow_provider_didomi_dynamics.report import Outcome, RunReport, enforce_failure_threshold
 from airflow_provider_didomi_dynamics.windows import DEFAULT_LOOKBACK, SyncWindow, resolve_window
 
 log = logging.getLogger(__name__)
@@ -414,12 +414,6 @@ def _as_bool(value: Any) -> bool:
     return bool(value)
 
 
-def _as_optional_number(value: Any) -> float | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    return float(value)
-
-
 class DataversePushContactsOperator(BaseOperator):
     """Write Didomi consent to Dataverse contacts: changed rows and changed columns only, at bulk speed.
 
@@ -538,24 +532,14 @@ class DataversePushContactsOperator(BaseOperator):
         return rows
 
     def check_threshold(self, report: RunReport, result: dict[str, Any], ti: Any) -> None:
-        """After everything that could be written was written: fail the task when too many rows failed."""
-        failed = report.counts[Outcome.FAILED.value]
-        rows_limit = _as_optional_number(self.failure_threshold_rows)
-        percent_limit = _as_optional_number(self.failure_threshold_percent)
-        percent = 100.0 * failed / report.total if report.total else 0.0
-        reasons = []
-        if rows_limit is not None and failed > rows_limit:
-            reasons.append(f"{failed} failed row(s) > {int(rows_limit)}")
-        if percent_limit is not None and percent > percent_limit:
-            reasons.append(f"{percent:.1f}% failed > {percent_limit:g}%")
-        if reasons:
-            if ti is not None:
-                ti.xcom_push(key="report", value=result)
-            examples = "; ".join(f"{r.key}: {r.reason}" for r in report.failed()[:5])
-            raise AirflowException(
-                f"push_contacts failure threshold exceeded ({', '.join(reasons)}); every other row was written. "
-                f"First failures: {examples}"
-            )
+        enforce_failure_threshold(
+            report,
+            result,
+            ti,
+            self.failure_threshold_rows,
+            self.failure_threshold_percent,
+            "every other row was written",
+        )
 
 
 class DataversePullContactsOperator(BaseOperator):

@@ -17,14 +17,13 @@ from typing import Any
 
 import pandas as pd
 from airflow.sdk import BaseOperator, Context
-from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_didomi_dynamics.config import load_config
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook, EventResult
 from airflow_provider_didomi_dynamics.mapping.events import EventFieldError, build_event, changed_fields
 from airflow_provider_didomi_dynamics.mapping.flatten import UserFrameBuilder, flatten_user
 from airflow_provider_didomi_dynamics.mapping.forward import known_preferences
-from airflow_provider_didomi_dynamics.report import Outcome, RunReport
+from airflow_provider_didomi_dynamics.report import Outcome, RunReport, enforce_failure_threshold
 from airflow_provider_didomi_dynamics.retry import RetryPolicy
 from airflow_provider_didomi_dynamics.windows import DEFAULT_LOOKBACK, SyncWindow, WindowError, resolve_window
 
@@ -441,24 +440,13 @@ class DidomiPushConsentsOperator(BaseOperator):
         return sorted(newest.values(), key=lambda r: r.position)
 
     def check_threshold(self, report: RunReport, result: dict[str, Any], ti: Any) -> None:
-        """After everything that could be sent was sent: fail the task when too many rows failed."""
-        failed = report.counts[Outcome.FAILED.value]
-        rows_limit = _optional_number(self.failure_threshold_rows)
-        percent_limit = _optional_number(self.failure_threshold_percent)
-        percent = 100.0 * failed / report.total if report.total else 0.0
-        reasons = []
-        if rows_limit is not None and failed > rows_limit:
-            reasons.append(f"{failed} failed row(s) > {int(rows_limit)}")
-        if percent_limit is not None and percent > percent_limit:
-            reasons.append(f"{percent:.1f}% failed > {percent_limit:g}%")
-        if not reasons:
-            return
-        if ti is not None:
-            ti.xcom_push(key="report", value=result)
-        examples = "; ".join(f"{r.key}: {r.reason}" for r in report.failed()[:5])
-        raise AirflowException(
-            f"push_consents failure threshold exceeded ({', '.join(reasons)}); every other event was sent. "
-            f"First failures: {examples}"
+        enforce_failure_threshold(
+            report,
+            result,
+            ti,
+            self.failure_threshold_rows,
+            self.failure_threshold_percent,
+            "every other event was sent",
         )
 
 
@@ -469,9 +457,3 @@ def _not_after(first: dt.datetime | None, second: dt.datetime | None) -> bool:
     if second is None:
         return False
     return first <= second
-
-
-def _optional_number(value: Any) -> float | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in _EMPTY_TEXTS):
-        return None
-    return float(value)

@@ -1,0 +1,1145 @@
+"""Fault campaign: seeded scenarios run both sync DAGs against the emulators while they inject random faults.
+
+Each scenario seeds a small world (Didomi consent users, Dataverse contacts, some of them the same people) from its
+seed, twice: on a *reference* emulator pair where nothing goes wrong, and on a *chaos* pair. Both go through the
+same phases, each a real ``dag.test()`` run of a sync DAG (the reference pair stops after phase 3 and skips the
+preflight task, which writes nothing: after phase 4 the chaos pair must still hold the state of phase 3):
+
+1. ``didomi_to_dynamics`` (full sync);
+2. a person edits some contacts in Dynamics and some people change their consent in Didomi (some of them the same
+   people, later: the conflict rule), then ``dynamics_to_didomi``;
+3. ``didomi_to_dynamics`` again (it carries Didomi's newer changes over);
+4. ``dynamics_to_didomi`` again (nothing of ours may echo back).
+
+On the chaos pair every phase runs while the emulators inject faults drawn from the seed: 429 storms with a growing
+``Retry-After``, 500/502/503/504, dropped connections, responses slower than the client timeout, expired tokens
+(before and during the run), a 401, a row Dataverse refuses inside a bulk request, a response lost after the write
+landed, and a push task killed mid-way. A run that fails is cleared and re-run (Airflow's "Clear" on the failed
+tasks of the same DAG run); a run that leaves failed rows is followed by the next run, as the schedule would. Then
+the invariants are checked (``check_*`` below): after each phase both pairs hold the same state; no contact key and
+no event appears twice; every row a task received is accounted for exactly once in its report and the counts add up.
+
+    python benchmarks/chaos.py [--scenarios 50] [--seed 1] [--users 150] [--workers 4] [--verbose]
+
+Prints one line per scenario, the faults injected by kind, every invariant violation, and ends with one JSON line
+``{"scenarios": ..., "faults": ..., "violations": ...}``. ``tests/chaos`` runs a few scenarios of this engine as
+part of the test suite; ``--scenarios 1 --seed S`` replays scenario ``S`` alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime as dt
+import json
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG_TEMPLATE = ROOT / "dags" / "config" / "demo.json"
+FORWARD = "didomi_to_dynamics"
+REVERSE = "dynamics_to_didomi"
+PURPOSES: dict[str, dict[str, list[str]]] = {
+    "newsletter": {"frequency": ["daily", "weekly", "monthly"]},
+    "marketing": {},
+    "analytics": {},
+}
+CHANNELS = ["email", "sms", "phone"]
+FREQUENCIES = ["daily", "weekly", "monthly", "daily,weekly", "weekly,monthly", "daily,weekly,monthly"]
+SOURCES = ["web", "app", "store"]
+CUSTOM_COLUMNS = (("new_newsletterfrequency", 100), ("new_consentsource", 50))
+COMPARED_COLUMNS = (
+    "emailaddress1",
+    "firstname",
+    "lastname",
+    "donotbulkemail",
+    "followemail",
+    "donotemail",
+    "donotphone",
+    "new_newsletterfrequency",
+    "new_consentsource",
+)
+BASE_TIME = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc).timestamp()
+CLIENT_TIMEOUT_S = 1.5  # connection extra ``timeout`` of the chaos pair; "slow" faults answer later than this
+MAX_CLEAR_AND_RERUN = 2  # re-runs of a failed DAG run's failed tasks while faults may still be armed
+MAX_FOLLOW_UP_RUNS = 3  # later runs while the last one left failed rows
+FAULT_KINDS = (
+    "throttle_storm",
+    "server_error",
+    "reset",
+    "slow",
+    "token_expiry",
+    "unauthorized",
+    "bad_row",
+    "lost_response",
+    "kill",
+)
+
+
+def isolate_airflow_database() -> None:
+    """Keep the Airflow metadata database inside this process's ``AIRFLOW_HOME``, before Airflow is imported.
+
+    Under pytest-xdist every worker gets its own ``AIRFLOW_HOME`` from ``tests/conftest.py`` but inherits the
+    controller's ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` (set there with ``setdefault``): all workers would migrate
+    and write one SQLite file at once. Called by the test folders' support modules at import.
+    """
+    home = os.environ.get("AIRFLOW_HOME")
+    if not home or "airflow.configuration" in sys.modules:
+        return
+    wanted = f"sqlite:///{Path(home) / 'airflow.db'}"
+    current = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", wanted)
+    if current.startswith("sqlite:") and current != wanted:
+        os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = wanted
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScenarioResult:
+    """What one scenario did: faults that fired (by kind), DAG runs made, invariant violations."""
+
+    seed: int
+    faults: Counter[str] = field(default_factory=Counter)
+    violations: list[str] = field(default_factory=list)
+    runs: int = 0
+    seconds: float = 0.0
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "faults": dict(self.faults),
+            "violations": list(self.violations),
+            "runs": self.runs,
+            "seconds": round(self.seconds, 2),
+            "settings": self.settings,
+        }
+
+
+@dataclass
+class RunRecord:
+    """One DAG run as the invariants read it: its final states and XComs, and how it got there."""
+
+    phase: str
+    dag_id: str
+    run_id: str
+    state: str
+    task_states: dict[str, str]
+    xcoms: dict[tuple[str, str], Any]
+    cleared: int = 0  # how many times failed tasks were cleared and re-run inside this DAG run
+
+    def value(self, task_id: str, key: str = "return_value") -> Any:
+        return self.xcoms.get((task_id, key))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The seeded world
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WorldData:
+    """Everything a scenario writes into a fresh emulator pair, derived from the seed alone."""
+
+    users: list[dict[str, Any]]
+    contacts: list[dict[str, Any]]
+    upsert_mode: bool
+    alternate_key: bool
+    bulk_messages: bool
+    batch_size: int
+    edits: list[tuple[str, dict[str, Any]]]  # (contact key, changes) made by a person in Dynamics
+    didomi_changes: list[tuple[str, dict[str, Any]]]  # (organization_user_id, consents) made later in Didomi
+    unique_sources: list[str]  # metadata sources carried by one user each (targets of bad-row faults)
+
+
+def make_world(seed: int, users: int) -> WorldData:
+    """Didomi users, Dataverse contacts (some the same people, some case-shifted keys) and later edits."""
+    rng = random.Random(f"world-{seed}")
+    choices = (True, False, None)
+    made: list[dict[str, Any]] = []
+    unique_sources: list[str] = []
+    for index in range(users):
+        key: str | None = f"s{seed}-u{index:04d}@example.com"
+        if index % 47 == 46:
+            key = None  # an anonymous user: left out of the forward sync, and said so
+        source = rng.choice(SOURCES)
+        if index % 31 == 5 and key is not None:
+            source = f"partner-{seed}-{index}"
+            unique_sources.append(source)
+        values: dict[str, dict[str, str]] = {}
+        if rng.random() < 0.7:
+            values["frequency"] = {"value": rng.choice(FREQUENCIES)}
+        made.append(
+            {
+                "id": f"didomi-{seed}-{index:04d}",
+                "organization_user_id": key,
+                "version": rng.randint(1, 4),
+                "created_at": _iso(BASE_TIME - 86400 * 60 + index),
+                "updated_at": _iso(BASE_TIME - rng.random() * 86400 * 30),
+                "metadata": {"source": source},
+                "consents": {
+                    "purposes": [
+                        {"id": "newsletter", "enabled": rng.choice(choices), "enabled_li": None, "values": values},
+                        {"id": "marketing", "enabled": rng.choice(choices), "enabled_li": None, "values": {}},
+                        {"id": "analytics", "enabled": rng.choice(choices), "enabled_li": None, "values": {}},
+                    ],
+                    "channels": [
+                        {"id": c, "enabled": rng.choice(choices), "metadata": {}}
+                        for c in CHANNELS
+                        if rng.random() < 0.8
+                    ],
+                    "vendors": {"enabled": [], "disabled": [], "enabled_li": [], "disabled_li": []},
+                    "tcfcs": None,
+                },
+            }
+        )
+    share = rng.uniform(0.4, 0.8)
+    contacts: list[dict[str, Any]] = []
+    for index, user in enumerate(made):
+        key = user["organization_user_id"]
+        if key is None or rng.random() >= share:
+            continue
+        stored_key = key.upper() if index % 13 == 3 else key  # Dataverse matches keys case-insensitively
+        contacts.append(
+            {
+                "emailaddress1": stored_key,
+                "firstname": f"First{index}",
+                "lastname": f"Seed{seed}",
+                "donotbulkemail": rng.random() < 0.5,
+                "followemail": rng.random() < 0.5,
+                "donotemail": rng.random() < 0.3,
+                "new_newsletterfrequency": rng.choice([None, *FREQUENCIES]),
+            }
+        )
+    for index in range(max(2, users // 25)):  # contacts Didomi does not know
+        contacts.append(
+            {
+                "emailaddress1": f"s{seed}-crm-only-{index}@example.com",
+                "firstname": f"Crm{index}",
+                "lastname": f"Seed{seed}",
+                "donotbulkemail": rng.random() < 0.5,
+            }
+        )
+    upsert_mode = rng.random() < 0.6
+    keyed = [u["organization_user_id"] for u in made if u["organization_user_id"]]
+    existing = {c["emailaddress1"].casefold() for c in contacts}
+    editable = sorted(existing) if not upsert_mode else sorted(existing | {k.casefold() for k in keyed})
+    edits: list[tuple[str, dict[str, Any]]] = []
+    for key in rng.sample(editable, k=min(len(editable), max(3, users // 10))):
+        change: dict[str, Any] = {}
+        for column in rng.sample(["donotbulkemail", "followemail", "donotemail", "donotphone"], k=rng.randint(1, 2)):
+            change[column] = rng.random() < 0.5
+        if rng.random() < 0.4:
+            change["new_newsletterfrequency"] = rng.choice(FREQUENCIES)
+        edits.append((key, change))
+    edited = [k for k, _ in edits]
+    later: list[tuple[str, dict[str, Any]]] = []
+    by_folded = {k.casefold(): k for k in keyed}
+    known_edited = [k for k in edited if k in by_folded]
+    candidates = sorted(set(by_folded) - set(edited))
+    targets = rng.sample(known_edited, k=len(known_edited) // 3)
+    targets += rng.sample(candidates, k=min(len(candidates), users // 15))
+    for key in targets:
+        original = by_folded[key]
+        consents: dict[str, Any] = {"purposes": [], "channels": []}
+        if rng.random() < 0.6:
+            consents["purposes"].append({"id": "newsletter", "enabled": rng.random() < 0.5})
+        if rng.random() < 0.5:
+            consents["channels"].append({"id": "email", "enabled": rng.random() < 0.5})
+        if not consents["purposes"] and not consents["channels"]:
+            consents["purposes"].append({"id": "marketing", "enabled": rng.random() < 0.5})
+        later.append((original, consents))
+    return WorldData(
+        users=made,
+        contacts=contacts,
+        upsert_mode=upsert_mode,
+        alternate_key=rng.random() < 0.6,
+        bulk_messages=rng.random() < 0.75,
+        batch_size=rng.choice([7, 16, 25, 50, 1000]),
+        edits=edits,
+        didomi_changes=later,
+        unique_sources=unique_sources,
+    )
+
+
+def consent_user(
+    key: str | None,
+    *,
+    newsletter: bool | None = True,
+    marketing: bool | None = True,
+    email: bool | None = True,
+    frequency: str | None = "weekly",
+    source: str = "web",
+    updated_at: str = "2026-09-01T00:00:00.000Z",
+) -> dict[str, Any]:
+    """One Didomi consent user as the API returns it, for hand-built worlds (tests)."""
+    values = {"frequency": {"value": frequency}} if frequency is not None else {}
+    return {
+        "id": f"didomi-{key}",
+        "organization_user_id": key,
+        "version": 1,
+        "created_at": "2026-08-01T00:00:00.000Z",
+        "updated_at": updated_at,
+        "metadata": {"source": source},
+        "consents": {
+            "purposes": [
+                {"id": "newsletter", "enabled": newsletter, "enabled_li": None, "values": values},
+                {"id": "marketing", "enabled": marketing, "enabled_li": None, "values": {}},
+            ],
+            "channels": [{"id": "email", "enabled": email, "metadata": {}}],
+            "vendors": {"enabled": [], "disabled": [], "enabled_li": [], "disabled_li": []},
+            "tcfcs": None,
+        },
+    }
+
+
+def hand_world(
+    users: list[dict[str, Any]],
+    contacts: list[dict[str, Any]],
+    *,
+    upsert_mode: bool = True,
+    alternate_key: bool = True,
+    bulk_messages: bool = True,
+    batch_size: int = 1000,
+) -> WorldData:
+    """A world given row by row (tests), rather than drawn from a seed."""
+    return WorldData(
+        users=users,
+        contacts=contacts,
+        upsert_mode=upsert_mode,
+        alternate_key=alternate_key,
+        bulk_messages=bulk_messages,
+        batch_size=batch_size,
+        edits=[],
+        didomi_changes=[],
+        unique_sources=[],
+    )
+
+
+def _iso(timestamp: float) -> str:
+    moment = dt.datetime.fromtimestamp(timestamp, tz=dt.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class Pair:
+    """One Dataverse + Didomi emulator pair, the connections and config that point at it, and its state."""
+
+    def __init__(self, name: str, state_dir: Path, *, client_timeout_s: float | None = None) -> None:
+        from airflow_provider_didomi_dynamics.emulators.runner import RunningEmulators
+
+        self.name = name
+        self.running = RunningEmulators(state_dir / name).start()
+        self.client_timeout_s = client_timeout_s
+
+    @property
+    def dataverse(self) -> Any:
+        return self.running.dataverse.model
+
+    @property
+    def didomi(self) -> Any:
+        return self.running.didomi.model
+
+    def stop(self) -> None:
+        self.running.stop()
+
+    def load(self, world: WorldData) -> None:
+        """Reset both emulators and write the scenario's starting data."""
+        from airflow_provider_didomi_dynamics.hooks.dataverse import forget_bulk_support
+
+        dataverse, didomi = self.dataverse, self.didomi
+        dataverse.reset(schema=True)
+        dataverse.faults.fired.clear()
+        dataverse.set_bulk_messages_enabled(world.bulk_messages)
+        for name, length in CUSTOM_COLUMNS:
+            dataverse.add_attribute(name, "String", max_length=length)
+        if world.alternate_key:
+            dataverse.define_alternate_key("new_emailkey", ["emailaddress1"])
+        dataverse.add_contacts([dict(c) for c in world.contacts])
+        didomi.reset()
+        didomi.set_catalogue(PURPOSES, CHANNELS)
+        didomi.add_users(world.users)
+        forget_bulk_support()
+
+    def environment(self, world: WorldData) -> dict[str, str]:
+        """``AIRFLOW_CONN_*`` and the config Variable for this pair."""
+        endpoints = self.running.endpoints
+        dataverse_extra: dict[str, Any] = {
+            "tenant_id": endpoints["tenant_id"],
+            "authority_host": endpoints["authority_host"],
+            "ca_bundle": endpoints["ca_file"],
+        }
+        didomi_extra: dict[str, Any] = {
+            "organization_id": endpoints["organization_id"],
+            "ca_bundle": endpoints["ca_file"],
+        }
+        if self.client_timeout_s is not None:
+            dataverse_extra["timeout"] = self.client_timeout_s
+            didomi_extra["timeout"] = self.client_timeout_s
+        config = json.loads(CONFIG_TEMPLATE.read_text())
+        config["authentication"] = {
+            "client_id": endpoints["client_id"],
+            "client_secret": endpoints["client_secret"],
+            "tenant_id": endpoints["tenant_id"],
+            "instance": endpoints["dataverse_url"],
+        }
+        config["upsert_mode"] = world.upsert_mode
+        return {
+            "AIRFLOW_CONN_DATAVERSE_DEFAULT": json.dumps(
+                {
+                    "conn_type": "dataverse",
+                    "host": endpoints["dataverse_url"],
+                    "login": endpoints["client_id"],
+                    "password": endpoints["client_secret"],
+                    "extra": dataverse_extra,
+                }
+            ),
+            "AIRFLOW_CONN_DIDOMI_DEFAULT": json.dumps(
+                {
+                    "conn_type": "didomi",
+                    "host": endpoints["didomi_url"],
+                    "login": endpoints["didomi_key"],
+                    "password": endpoints["didomi_secret"],
+                    "extra": didomi_extra,
+                }
+            ),
+            "AIRFLOW_VAR_DIDOMI_DYNAMICS_CONFIG": json.dumps(config),
+        }
+
+    # -- what people do between the runs ---------------------------------------------------------------------
+
+    def person_edits(self, edits: list[tuple[str, dict[str, Any]]]) -> None:
+        """Contacts changed in Dynamics by someone else than the integration (the editor application user)."""
+        ids = {str(r["emailaddress1"] or "").casefold(): r["contactid"] for r in self.dataverse.contacts_rows()}
+        for key, change in edits:
+            contact_id = ids.get(key)
+            if contact_id is not None:
+                self.dataverse.edit_contact(contact_id, dict(change))
+
+    def didomi_changes(self, changes: list[tuple[str, dict[str, Any]]]) -> None:
+        """People changing their consent in Didomi (a consent notice or preference centre), after the edits."""
+        model = self.didomi
+        for key, consents in changes:
+            event = {"user": {"organization_user_id": key}, "consents": json.loads(json.dumps(consents))}
+            model.post_events(event, organization_id=model.organization_id)
+
+    # -- state -----------------------------------------------------------------------------------------------
+
+    def contacts(self) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """Contacts by case-folded key (the compared columns, and who wrote last) and keys held more than once."""
+        integration = self.dataverse.integration.user.systemuserid
+        rows = self.dataverse.contacts_rows()
+        counts = Counter(str(r.get("emailaddress1") or "").casefold() for r in rows)
+        state: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            key = str(row.get("emailaddress1") or "").casefold()
+            values = {c: row.get(c) for c in COMPARED_COLUMNS}
+            writer = str(row.get("_modifiedby_value") or "")
+            values["last_written_by"] = "integration" if writer == integration else "someone else"
+            state[key] = values
+        return state, sorted(k for k, n in counts.items() if n > 1)
+
+    def contact(self, key: str) -> dict[str, Any]:
+        """The one contact holding ``key`` (compared case-insensitively, as Dataverse does), every column."""
+        rows = [
+            r for r in self.dataverse.contacts_rows() if str(r.get("emailaddress1") or "").casefold() == key.casefold()
+        ]
+        if len(rows) != 1:
+            raise AssertionError(f"{len(rows)} contacts hold {key}")
+        return rows[0]
+
+    def consent_users(self) -> dict[str, dict[str, Any]]:
+        """Didomi users by organization_user_id (or id): consents, metadata, and how many events built them."""
+        state: dict[str, dict[str, Any]] = {}
+        for user in self.didomi.users():
+            key = user.get("organization_user_id") or f"id:{user['id']}"
+            state[key] = {
+                "consents": _canonical_consents(user.get("consents")),
+                "metadata": user.get("metadata"),
+                "version": user.get("version"),
+            }
+        return state
+
+    def consent_events(self) -> tuple[dict[str, Counter[str]], list[str]]:
+        """Stored events by user (their consents, canonical JSON) and event ids stored more than once."""
+        by_user: dict[str, Counter[str]] = {}
+        ids: Counter[str] = Counter()
+        for event in self.didomi.events():
+            ids[str(event["id"])] += 1
+            user = event.get("user") or {}
+            key = user.get("organization_user_id") or f"id:{user.get('id')}"
+            content = json.dumps(_canonical_consents(event.get("consents")), sort_keys=True)
+            by_user.setdefault(key, Counter())[content] += 1
+        return by_user, sorted(i for i, n in ids.items() if n > 1)
+
+    def fired(self) -> Counter[str]:
+        return Counter(self.dataverse.faults.fired) + Counter(self.didomi.faults.fired)
+
+    def disarm(self) -> None:
+        self.dataverse.faults.clear()
+        self.didomi.faults.clear()
+        self.dataverse.clear_validation_failures()
+
+
+def _canonical_consents(consents: Any) -> Any:
+    """Consents with lists sorted by id and value lists compared as sets: what a person's consent *is*."""
+    if not isinstance(consents, dict):
+        return consents
+    purposes = []
+    for purpose in sorted(consents.get("purposes") or [], key=lambda p: str(p.get("id"))):
+        values = {
+            pref: sorted(v for v in str((choice or {}).get("value") or "").split(",") if v)
+            for pref, choice in sorted((purpose.get("values") or {}).items())
+        }
+        purposes.append(
+            {
+                "id": purpose.get("id"),
+                "enabled": purpose.get("enabled"),
+                "enabled_li": purpose.get("enabled_li"),
+                "values": values,
+            }
+        )
+    channels = [
+        {"id": c.get("id"), "enabled": c.get("enabled")}
+        for c in sorted(consents.get("channels") or [], key=lambda c: str(c.get("id")))
+    ]
+    return {"purposes": purposes, "channels": channels}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running DAGs: dag.test(), and Airflow's "Clear" of a failed run's failed tasks
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def load_dags(retry_policy: Any = None) -> dict[str, Any]:
+    """Both sync DAGs, with task retries off (the campaign re-runs by itself) and a short HTTP backoff for Didomi."""
+    os.environ["DIDOMI_DYNAMICS_RETRIES"] = "0"
+    from airflow_provider_didomi_dynamics.retry import RetryPolicy
+    from airflow_provider_didomi_dynamics.testing import load_dag
+
+    policy = retry_policy or RetryPolicy(
+        max_attempts=8, max_total_wait_s=30.0, backoff_initial_s=0.05, backoff_max_s=0.5
+    )
+    dags = {FORWARD: load_dag(FORWARD), REVERSE: load_dag(REVERSE)}
+    for dag in dags.values():
+        for task in dag.tasks:
+            _PRISTINE_PARAMS[(id(dag), task.task_id)] = copy.deepcopy(task.params)
+            task.retries = 0
+            if hasattr(task, "http_retry_policy"):
+                task.http_retry_policy = policy
+    return dags
+
+
+_PRISTINE_PARAMS: dict[tuple[int, str], Any] = {}
+
+
+def run_once(
+    dag: Any, conf: dict[str, Any], *, skip_preflight: bool = False, logical_date: dt.datetime | None = None
+) -> Any:
+    """One ``dag.test()`` run; ``skip_preflight`` marks the preflight task successful without running it;
+    ``logical_date`` makes it look like a scheduled run of that date (default: none, like a run triggered by hand).
+
+    ``dag.test()`` runs tasks in this process on the DAG's own operator objects, and the task runner merges the run
+    conf into ``task.params`` in place: without a reset, one run's conf (a targeted re-sync's ids, ``full_sync``)
+    would leak into the next run of the same DAG object. Each run starts from the params the DAG was loaded with.
+    """
+    from airflow_provider_didomi_dynamics.testing import run_dag
+
+    for task in dag.tasks:
+        pristine = _PRISTINE_PARAMS.setdefault((id(dag), task.task_id), copy.deepcopy(task.params))
+        task.params = copy.deepcopy(pristine)
+    return run_dag(
+        dag,
+        run_conf=conf,
+        logical_date=logical_date,
+        mark_success_pattern="preflight" if skip_preflight else None,
+    )
+
+
+def clear_and_rerun(dag: Any, run_id: str) -> Any:
+    """Clear the failed (and upstream-failed) tasks of a DAG run and run them again, in the same DAG run.
+
+    What a person does with "Clear" in the UI: upstream tasks keep their results (their XComs), the cleared ones
+    run again with a new try number. The loop is ``dag.test()``'s own, resumed on the existing run.
+    """
+    from airflow import settings
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import clear_task_instances
+    from airflow.sdk import timezone
+    from airflow.sdk.definitions.dag import _run_task
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.utils.state import DagRunState, TaskInstanceState
+    from sqlalchemy import select
+
+    from airflow_provider_didomi_dynamics.testing import collect
+
+    if settings.Session is None:
+        raise RuntimeError("Airflow's ORM is not configured")
+    session = settings.Session()
+    try:
+        query = select(DagRun).where(DagRun.dag_id == dag.dag_id, DagRun.run_id == run_id)
+        dag_run = session.scalars(query).one()
+        failed = [
+            ti
+            for ti in dag_run.get_task_instances(session=session)
+            if ti.state in (TaskInstanceState.FAILED, TaskInstanceState.UPSTREAM_FAILED)
+        ]
+        clear_task_instances(failed, session, dag_run_state=DagRunState.RUNNING)
+        session.commit()
+        dag_run = session.scalars(query).one()
+        dag_run.dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+        idle = 0
+        while dag_run.state == DagRunState.RUNNING:
+            session.expire_all()
+            schedulable, _ = dag_run.update_state(session=session)
+            for ti in schedulable:
+                ti.try_number += 1
+                ti.state = TaskInstanceState.SCHEDULED
+                ti.scheduled_dttm = timezone.utcnow()
+            session.commit()
+            scheduled = [
+                ti for ti in dag_run.get_task_instances(session=session) if ti.state == TaskInstanceState.SCHEDULED
+            ]
+            if not scheduled:
+                # After a failure the next state update marks the downstream tasks upstream_failed (as in dag.test)
+                idle += 1
+                if idle > 200:
+                    raise RuntimeError(f"cleared run {run_id} has nothing to schedule but is still running")
+                time.sleep(0.01)
+                continue
+            idle = 0
+            for ti in scheduled:
+                with contextlib.suppress(Exception):  # dag.test() logs and goes on; the state says it failed
+                    _run_task(ti=ti, task=dag.task_dict[ti.task_id])
+    finally:
+        session.close()
+    return collect(dag.dag_id, run_id)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Faults
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class ChaosKill(RuntimeError):
+    """Raised in a push worker after a write landed: the task dies as if its worker was killed."""
+
+
+@dataclass
+class FaultPlanForRun:
+    """The faults of one chaos run: armed on the emulators, plus the ones injected from the client side."""
+
+    kill_after_writes: int | None = None
+    lose_response_after_writes: int | None = None
+    expire_tokens_after_s: float | None = None
+    kinds: Counter[str] = field(default_factory=Counter)  # client-side faults that fired
+
+
+DATAVERSE_ROUTES = ("/api/data/v9.2/contacts", "Multiple", "$batch", "EntityDefinitions", "WhoAmI", "/api/data/")
+DIDOMI_ROUTES = ("/v1/consents/events", "/v1/consents/users", "/v1/consents/", "/v1/sessions")
+
+
+def arm_faults(rng: random.Random, pair: Pair, world: WorldData, phase: str, plan: FaultPlanForRun) -> list[str]:
+    """Draw and arm 1-4 faults for one run; returns their descriptions."""
+    armed: list[str] = []
+    forward = phase.startswith("forward")
+    for _ in range(rng.randint(1, 4)):
+        kind = rng.choices(FAULT_KINDS, weights=(3, 3, 2, 1, 1, 1, 2 if forward else 0, 1, 1))[0]
+        side = rng.choice(("dataverse", "didomi"))
+        model = pair.dataverse if side == "dataverse" else pair.didomi
+        route = rng.choice(DATAVERSE_ROUTES if side == "dataverse" else DIDOMI_ROUTES)
+        if kind == "throttle_storm":
+            storm = rng.randint(2, 4)
+            for i in range(storm):  # armed in order: each 429 of the storm asks for a longer wait
+                model.faults.arm("status", 1, status=429, retry_after=round(0.05 * 2**i, 2), path_contains=route)
+            armed.append(f"429 storm x{storm} on {side} {route}")
+        elif kind == "server_error":
+            status = rng.choice((500, 502, 503, 504))
+            count = rng.randint(1, 3)
+            model.faults.arm("status", count, status=status, path_contains=route)
+            armed.append(f"{status} x{count} on {side} {route}")
+        elif kind == "reset":
+            count = rng.randint(1, 2)
+            model.faults.arm("reset", count, path_contains=route)
+            armed.append(f"connection reset x{count} on {side} {route}")
+        elif kind == "slow":
+            model.faults.arm("delay", 1, delay_s=CLIENT_TIMEOUT_S + 0.5, path_contains=route)
+            armed.append(f"response slower than the client timeout on {side} {route}")
+        elif kind == "token_expiry":
+            model.expire_tokens()
+            plan.kinds["token_expiry"] += 1
+            plan.expire_tokens_after_s = rng.uniform(0.1, 1.5)
+            armed.append(
+                f"{side} tokens expired before the run, all tokens again after {plan.expire_tokens_after_s:.2f}s"
+            )
+        elif kind == "unauthorized":
+            model.faults.arm("status", 1, status=401, path_contains=route)
+            armed.append(f"401 on {side} {route}")
+        elif kind == "bad_row" and world.unique_sources:
+            source = rng.choice(world.unique_sources)
+            pair.dataverse.fail_validation_for("new_consentsource", source)
+            armed.append(f"Dataverse refuses the row whose new_consentsource is {source}")
+        elif kind == "lost_response":
+            plan.lose_response_after_writes = rng.randint(1, 3)
+            armed.append(f"response of write #{plan.lose_response_after_writes} lost after it landed")
+        elif kind == "kill":
+            plan.kill_after_writes = rng.randint(1, 3)
+            armed.append(f"push task killed after write #{plan.kill_after_writes}")
+    return armed
+
+
+WRITE_MARKERS = ("Multiple", "$batch", "/v1/consents/events")
+
+
+@contextlib.contextmanager
+def client_side_faults(pair: Pair, plan: FaultPlanForRun) -> Iterator[None]:
+    """Faults the emulators cannot make: a write lands and then its response is lost, or the worker dies.
+
+    Both wrap ``requests.Session.request`` for the chaos pair's hosts only: the request really reaches the
+    emulator and is applied, then a ``ConnectionError`` (lost response) or ``ChaosKill`` (task killed) is raised.
+    A token-expiry timer expires every token of both emulators while the run is under way.
+    """
+    import requests
+
+    hosts = (pair.running.endpoints["dataverse_url"], pair.running.endpoints["didomi_url"])
+    real = requests.Session.request
+    lock = threading.Lock()
+    writes = [0]
+
+    def request(session: Any, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
+        text = str(url)
+        if str(method).upper() != "POST" or not text.startswith(hosts) or not any(m in text for m in WRITE_MARKERS):
+            return real(session, method, url, *args, **kwargs)
+        with lock:
+            writes[0] += 1
+            number = writes[0]
+        response = real(session, method, url, *args, **kwargs)
+        if response.status_code < 300:
+            if plan.lose_response_after_writes == number:
+                plan.kinds["lost_response"] += 1
+                raise requests.ConnectionError("chaos: connection reset after the request was sent")
+            if plan.kill_after_writes == number:
+                plan.kinds["kill"] += 1
+                raise ChaosKill("chaos: the push task's worker was killed mid-push")
+        return response
+
+    timer: threading.Timer | None = None
+    if plan.expire_tokens_after_s is not None:
+
+        def expire() -> None:
+            pair.dataverse.expire_tokens()
+            pair.didomi.expire_tokens()
+            plan.kinds["token_expiry"] += 1
+
+        timer = threading.Timer(plan.expire_tokens_after_s, expire)
+        timer.daemon = True
+        timer.start()
+    requests.Session.request = request  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        requests.Session.request = real  # type: ignore[method-assign]
+        if timer is not None:
+            timer.cancel()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Invariants
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def check_report_accounting(record: RunRecord, upsert_mode: bool) -> list[str]:
+    """Every row a push task received has exactly one outcome in its report, and the counts add up."""
+    where = f"{record.phase} {record.dag_id} {record.run_id}"
+    problems: list[str] = []
+    if record.dag_id == FORWARD:
+        push, source, upstream = "push_contacts", "apply_mapping", "pull_consents"
+    else:
+        push, source, upstream = "push_consents", "reverse_mapping", "pull_contacts"
+    # A push that wrote what it could and then failed its task (an API that stopped answering) leaves its report
+    # under the XCom key "report"; it must account for every row all the same.
+    report = record.value(push) or record.value(push, "report")
+    frame = record.value(source)
+    pulled = record.value(upstream)
+    mapping = record.value(source, "mapping_report") or {}
+    if pulled is not None and mapping:
+        rows = len(pulled)
+        if record.dag_id == FORWARD:
+            accounted = (
+                mapping.get("contacts", 0)
+                + mapping.get("skipped_missing_organization_user_id", 0)
+                + mapping.get("duplicates_dropped", 0)
+            )
+            if mapping.get("users") != rows or accounted != rows:
+                problems.append(f"{where}: apply_mapping accounts for {accounted} of {rows} pulled users ({mapping})")
+        else:
+            accounted = mapping.get("events", 0) + mapping.get("skipped_missing_key", 0)
+            if mapping.get("contacts") != rows or accounted != rows:
+                problems.append(f"{where}: reverse_mapping accounts for {accounted} of {rows} pulled contacts")
+    if report is None:
+        if record.state == "success":
+            problems.append(f"{where}: the run succeeded without a {push} report")
+        return problems
+    counts: dict[str, int] = report.get("counts", {})
+    total = report.get("total", -1)
+    if sum(counts.values()) != total:
+        problems.append(f"{where}: {push} counts {counts} add up to {sum(counts.values())}, not total {total}")
+    keys = [] if frame is None else [str(k) for k in frame["organization_user_id"].tolist() if k is not None]
+    if frame is not None and total != len(frame):
+        problems.append(f"{where}: {push} reports {total} row(s) for {len(frame)} input row(s)")
+    folded = {k.casefold() for k in keys}
+    for outcome in ("failed", "skipped"):
+        listed = [str(r.get("key", "")) for r in report.get(outcome, [])]
+        repeated = sorted(k for k, n in Counter(listed).items() if n > 1 and k)
+        if repeated:
+            problems.append(f"{where}: {push} lists {repeated[:3]} more than once as {outcome}")
+        if len(listed) != counts.get(outcome, 0):
+            problems.append(f"{where}: {push} counts {counts.get(outcome)} {outcome} but lists {len(listed)}")
+        strangers = sorted(k for k in listed if k and k.casefold() not in folded and not k.startswith("row "))
+        if frame is not None and strangers:
+            problems.append(f"{where}: {push} reports {outcome} rows it was never given: {strangers[:3]}")
+    for wrong in ("sent",) if push == "push_contacts" else ("created", "updated"):
+        if counts.get(wrong):
+            problems.append(f"{where}: {push} reports {counts[wrong]} row(s) as {wrong}")
+    if push == "push_contacts" and counts.get("created") and not upsert_mode:
+        problems.append(f"{where}: push_contacts created contacts with upsert_mode false")
+    return problems
+
+
+def check_no_duplicates(pair: Pair, phase: str) -> list[str]:
+    problems: list[str] = []
+    _, repeated = pair.contacts()
+    if repeated:
+        problems.append(f"{phase}: {len(repeated)} contact key(s) held by more than one contact: {repeated[:3]}")
+    _, repeated_ids = pair.consent_events()
+    if repeated_ids:
+        problems.append(f"{phase}: event id(s) stored more than once: {repeated_ids[:3]}")
+    return problems
+
+
+def check_same_state(reference: Pair, chaos: Pair, phase: str) -> list[str]:
+    """The chaos pair holds what the fault-free pair holds: contacts, consent users, and events per user."""
+    problems: list[str] = []
+    expected, _ = reference.contacts()
+    actual, _ = chaos.contacts()
+    for key in sorted(set(expected) | set(actual)):
+        if key not in actual:
+            problems.append(f"{phase}: contact {key} is missing (lost write)")
+        elif key not in expected:
+            problems.append(f"{phase}: contact {key} should not exist (invented write)")
+        elif expected[key] != actual[key]:
+            diff = {c: (expected[key][c], actual[key][c]) for c in expected[key] if expected[key][c] != actual[key][c]}
+            problems.append(f"{phase}: contact {key} differs (expected, actual): {diff}")
+    users_expected, users_actual = reference.consent_users(), chaos.consent_users()
+    for key in sorted(set(users_expected) | set(users_actual)):
+        if key not in users_actual:
+            problems.append(f"{phase}: Didomi user {key} is missing")
+        elif key not in users_expected:
+            problems.append(f"{phase}: Didomi user {key} should not exist")
+        elif users_expected[key] != users_actual[key]:
+            diff = {
+                c: (users_expected[key][c], users_actual[key][c])
+                for c in users_expected[key]
+                if users_expected[key][c] != users_actual[key][c]
+            }
+            problems.append(f"{phase}: Didomi user {key} differs (expected, actual): {diff}")
+    events_expected, _ = reference.consent_events()
+    events_actual, _ = chaos.consent_events()
+    for key in sorted(set(events_expected) | set(events_actual)):
+        want, got = events_expected.get(key, Counter()), events_actual.get(key, Counter())
+        if want != got:
+            lost, extra = want - got, got - want
+            problems.append(
+                f"{phase}: events of {key} differ: {sum(lost.values())} lost, {sum(extra.values())} duplicated "
+                f"or invented ({list(extra)[:1] or list(lost)[:1]})"
+            )
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The campaign
+# ---------------------------------------------------------------------------------------------------------------
+
+
+PHASES = (("forward-1", FORWARD), ("reverse-2", REVERSE), ("forward-3", FORWARD), ("reverse-4", REVERSE))
+
+
+class Campaign:
+    """Two emulator pairs (reference and chaos) and both DAGs, reused by every scenario of a process."""
+
+    def __init__(self, state_dir: Path, users: int = 150) -> None:
+        self.users = users
+        self.reference = Pair("reference", state_dir)
+        self.chaos = Pair("chaos", state_dir, client_timeout_s=CLIENT_TIMEOUT_S)
+        self.dags = load_dags()
+
+    def close(self) -> None:
+        self.reference.stop()
+        self.chaos.stop()
+
+    @contextlib.contextmanager
+    def use(self, pair: Pair, world: WorldData, *, load: bool = True) -> Iterator[Pair]:
+        """Load ``world`` into ``pair`` (unless ``load`` is false) and point the DAGs at it; the environment is
+        restored afterwards and every fault disarmed. For tests that drive the DAGs step by step."""
+        saved = dict(os.environ)
+        if load:
+            pair.load(world)
+        try:
+            self._configure(pair, world)
+            yield pair
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+            pair.disarm()
+
+    def run_scenario(self, seed: int, *, verbose: bool = False, log: Callable[[str], None] = print) -> ScenarioResult:
+        started = time.monotonic()
+        result = ScenarioResult(seed)
+        try:
+            world = make_world(seed, self.users)
+        except Exception as err:
+            result.violations.append(f"scenario crashed building its data: {type(err).__name__}: {err}")
+            return result
+        result.settings = {
+            "users": self.users,
+            "upsert_mode": world.upsert_mode,
+            "alternate_key": world.alternate_key,
+            "bulk_messages": world.bulk_messages,
+            "batch_size": world.batch_size,
+        }
+        rng = random.Random(f"faults-{seed}")
+        for pair in (self.reference, self.chaos):
+            pair.load(world)
+        saved = dict(os.environ)
+        try:
+            for phase, dag_id in PHASES:
+                if phase == "reverse-2":
+                    for pair in (self.reference, self.chaos):
+                        pair.person_edits(world.edits)
+                    time.sleep(0.02)  # Didomi's clock has milliseconds: keep "later" unambiguous
+                    for pair in (self.reference, self.chaos):
+                        pair.didomi_changes(world.didomi_changes)
+                    time.sleep(0.02)
+                if phase != "reverse-4":
+                    # The fault-free pair runs phases 1-3; after phase 4 the chaos pair must still equal its state
+                    # after phase 3 (our own writes never come back), which is what its phase 4 would leave.
+                    self._configure(self.reference, world)
+                    reference_runs = self._run_phase(
+                        self.reference, world, phase, dag_id, None, result, verbose=verbose, log=log
+                    )
+                    for record in reference_runs:
+                        if record.state != "success":
+                            result.violations.append(
+                                f"{phase}: fault-free run ended {record.state} ({record.task_states})"
+                            )
+                self._configure(self.chaos, world)
+                runs = self._run_phase(self.chaos, world, phase, dag_id, rng, result, verbose=verbose, log=log)
+                for record in runs:
+                    result.violations += check_report_accounting(record, world.upsert_mode)
+                result.violations += check_no_duplicates(self.chaos, phase)
+                result.violations += check_same_state(self.reference, self.chaos, phase)
+                last = runs[-1].value("push_contacts" if dag_id == FORWARD else "push_consents") or {}
+                if phase == "reverse-4" and last.get("counts", {}).get("sent"):
+                    result.violations.append(f"{phase}: {last['counts']['sent']} event(s) echoed back to Didomi")
+        except Exception as err:  # a crash of the campaign itself is a violation too: never a silent pass
+            result.violations.append(f"scenario crashed: {type(err).__name__}: {err}\n{traceback.format_exc()}")
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+            self.chaos.disarm()
+        result.faults += self.chaos.fired()
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _configure(self, pair: Pair, world: WorldData) -> None:
+        os.environ.update(pair.environment(world))
+        from airflow_provider_didomi_dynamics.hooks.dataverse import forget_bulk_support
+
+        forget_bulk_support()
+        self.dags[FORWARD].get_task("push_contacts").batch_size = world.batch_size
+
+    def _run_phase(
+        self,
+        pair: Pair,
+        world: WorldData,
+        phase: str,
+        dag_id: str,
+        rng: random.Random | None,
+        result: ScenarioResult,
+        *,
+        verbose: bool = False,
+        log: Callable[[str], None] = print,
+    ) -> list[RunRecord]:
+        """One scheduled run (with faults when ``rng``), its clears and re-runs, and follow-up runs if rows failed."""
+        dag = self.dags[dag_id]
+        conf = {"full_sync": True}
+        records: list[RunRecord] = []
+        for attempt in range(1 + MAX_FOLLOW_UP_RUNS):
+            plan = FaultPlanForRun()
+            if rng is not None and attempt == 0:
+                armed = arm_faults(rng, pair, world, phase, plan)
+                if verbose:
+                    log(f"  seed {result.seed} {phase}: {'; '.join(armed)}")
+            elif rng is not None and attempt == MAX_FOLLOW_UP_RUNS:
+                pair.disarm()  # the last follow-up runs on a healthy system: everything must converge
+            run_started = time.monotonic()
+            with client_side_faults(pair, plan):
+                # The fault-free pair skips preflight (it checks the setup and writes nothing): less CPU per scenario.
+                outcome = run_once(dag, conf, skip_preflight=rng is None)
+            if verbose:
+                log(f"    {pair.name} {phase} run {attempt}: {outcome.state} in {time.monotonic() - run_started:.1f}s")
+            result.runs += 1
+            record = RunRecord(phase, dag_id, outcome.run_id, outcome.state, outcome.task_states, outcome.xcoms)
+            result.faults += plan.kinds
+            for clear in range(MAX_CLEAR_AND_RERUN + 1):
+                if record.state == "success":
+                    break
+                if clear == MAX_CLEAR_AND_RERUN:
+                    pair.disarm()
+                run_started = time.monotonic()
+                outcome = clear_and_rerun(dag, record.run_id)
+                if verbose:
+                    log(f"    {pair.name} {phase} cleared: {outcome.state} in {time.monotonic() - run_started:.1f}s")
+                result.runs += 1
+                record = RunRecord(
+                    phase, dag_id, outcome.run_id, outcome.state, outcome.task_states, outcome.xcoms, clear + 1
+                )
+            records.append(record)
+            push = record.value("push_contacts" if dag_id == FORWARD else "push_consents") or {}
+            if any("failed validation" in str(row.get("reason")) for row in push.get("failed", [])):
+                result.faults["bad_row"] += 1
+            if record.state == "success" and not push.get("counts", {}).get("failed"):
+                break
+            if rng is not None and attempt == 0:
+                pair.dataverse.clear_validation_failures()  # someone fixed the refused value
+        else:
+            pair.disarm()
+            last = records[-1]
+            push = last.value("push_contacts" if dag_id == FORWARD else "push_consents") or {}
+            result.violations.append(
+                f"{phase}: still not converged after {MAX_FOLLOW_UP_RUNS} follow-up runs on a healthy system: run "
+                f"{last.state} ({last.task_states}), failed rows {push.get('failed')}"
+            )
+        pair.disarm()  # faults that never found their route do not leak into the next phase
+        return records
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def quiet(path: Path) -> Iterator[None]:
+    """Send everything Airflow prints (file descriptors 1 and 2) to ``path`` while the scenarios run."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with path.open("ab") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _worker(seeds: list[int], users: int, workdir: str, verbose: bool) -> list[dict[str, Any]]:
+    """Run some scenarios in this process: its own AIRFLOW_HOME, emulator pairs and DAGs."""
+    from airflow_provider_didomi_dynamics.testing import prepare_airflow_home
+
+    base = Path(workdir)
+    prepare_airflow_home(base / "airflow")
+    results = []
+    messages: list[str] = []
+    with quiet(base / "airflow-output.log"):
+        campaign = Campaign(base / "emulators", users=users)
+        try:
+            for seed in seeds:
+                outcome = campaign.run_scenario(seed, verbose=verbose, log=messages.append)
+                entry = outcome.as_dict()
+                entry["log"] = list(messages)
+                messages.clear()
+                results.append(entry)
+        finally:
+            campaign.close()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenarios", type=int, default=50, help="how many scenarios (default 50)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the first scenario; scenario i uses seed+i")
+    parser.add_argument("--users", type=int, default=150, help="Didomi users per scenario (default 150)")
+    parser.add_argument("--workers", type=int, default=4, help="processes running scenarios side by side")
+    parser.add_argument("--verbose", action="store_true", help="print the faults armed for every run")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    seeds = [args.seed + i for i in range(args.scenarios)]
+    workers = max(1, min(args.workers, len(seeds)))
+    shares = [seeds[i::workers] for i in range(workers)]
+    print(
+        f"chaos campaign: {len(seeds)} scenario(s) from seed {args.seed}, {args.users} users each, {workers} worker(s)"
+    )
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
+        if workers == 1:
+            results = _worker(shares[0], args.users, str(Path(tmp) / "w0"), args.verbose)
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = [
+                    pool.submit(_worker, share, args.users, str(Path(tmp) / f"w{i}"), args.verbose)
+                    for i, share in enumerate(shares)
+                ]
+                for future in futures:
+                    results.extend(future.result())
+    results.sort(key=lambda r: r["seed"])
+    faults: Counter[str] = Counter()
+    violations = 0
+    for entry in results:
+        faults.update(entry["faults"])
+        violations += len(entry["violations"])
+        settings = entry["settings"]
+        fired = sum(entry["faults"].values())
+        kinds = " ".join(f"{kind}x{count}" for kind, count in sorted(entry["faults"].items()))
+        print(
+            f"scenario {entry['seed']:>5}: {fired:>3} fault(s), {entry['runs']:>2} DAG run(s), "
+            f"{len(entry['violations'])} violation(s), {entry['seconds']:5.1f}s  "
+            f"(upsert_mode={settings['upsert_mode']}, alternate_key={settings['alternate_key']}, "
+            f"bulk_messages={settings['bulk_messages']}, batch_size={settings['batch_size']})  {kinds}"
+        )
+        for line in entry.get("log", []):
+            print(line)
+        for violation in entry["violations"]:
+            print(f"    VIOLATION {violation}")
+    print(f"\nscenarios run: {len(results)}")
+    print("faults injected by kind:")
+    for kind, count in sorted(faults.items()):
+        print(f"  {kind:<16} {count}")
+    print(f"invariant violations: {violations}")
+    print(f"seconds: {time.monotonic() - started:.0f}")
+    print(json.dumps({"scenarios": len(results), "faults": sum(faults.values()), "violations": violations}))
+    return 0 if violations == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

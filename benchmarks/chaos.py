@@ -547,6 +547,13 @@ def load_dags(retry_policy: Any = None) -> dict[str, Any]:
 _PRISTINE_PARAMS: dict[tuple[int, str], Any] = {}
 
 
+def _reset_params(dag: Any) -> None:
+    """Give every task of ``dag`` the params it was loaded with (see ``run_once``)."""
+    for task in dag.tasks:
+        pristine = _PRISTINE_PARAMS.setdefault((id(dag), task.task_id), copy.deepcopy(task.params))
+        task.params = copy.deepcopy(pristine)
+
+
 def run_once(
     dag: Any, conf: dict[str, Any], *, skip_preflight: bool = False, logical_date: dt.datetime | None = None
 ) -> Any:
@@ -555,13 +562,12 @@ def run_once(
 
     ``dag.test()`` runs tasks in this process on the DAG's own operator objects, and the task runner merges the run
     conf into ``task.params`` in place: without a reset, one run's conf (a targeted re-sync's ids, ``full_sync``)
-    would leak into the next run of the same DAG object. Each run starts from the params the DAG was loaded with.
+    would leak into the next run of the same DAG object. ``testing.run_dag`` restores the params it found, and
+    ``clear_and_rerun`` below runs tasks outside it: each run starts from the params the DAG was loaded with.
     """
     from airflow_provider_didomi_dynamics.testing import run_dag
 
-    for task in dag.tasks:
-        pristine = _PRISTINE_PARAMS.setdefault((id(dag), task.task_id), copy.deepcopy(task.params))
-        task.params = copy.deepcopy(pristine)
+    _reset_params(dag)
     return run_dag(
         dag,
         run_conf=conf,
@@ -627,6 +633,7 @@ def clear_and_rerun(dag: Any, run_id: str) -> Any:
                     _run_task(ti=ti, task=dag.task_dict[ti.task_id])
     finally:
         session.close()
+        _reset_params(dag)
     return collect(dag.dag_id, run_id)
 
 

@@ -469,6 +469,28 @@ def _is_forbidden(err: BaseException) -> bool:
     return isinstance(err, ApiError) and err.status_code == 403
 
 
+def _didomi_connection_problem(conn_id: str, err: BaseException) -> str:
+    """What a failed Didomi session or first page means: an outage is not a credentials problem."""
+    detail = str(err) if isinstance(err, DidomiDynamicsError) and not isinstance(err, ApiError) else _describe(err)
+    skipped = "the Didomi checks were skipped"
+    if isinstance(err, ApiError) and (err.status_code == 429 or err.status_code >= 500):
+        return (
+            f"Didomi is unavailable ({detail}) and stayed so through every retry: the credentials of connection "
+            f"{conn_id!r} were not checked. Re-run the task later or check status.didomi.io; {skipped}."
+        )
+    if isinstance(err, requests.exceptions.SSLError):
+        return f"Didomi connection {conn_id!r} failed: {detail}. For a private CA set extra ca_bundle; {skipped}."
+    if isinstance(err, requests.RequestException):
+        return (
+            f"Cannot reach Didomi with connection {conn_id!r} ({detail}). Check its host and the network route from "
+            f"the Airflow workers; {skipped}."
+        )
+    return (
+        f"Didomi connection {conn_id!r} failed: {detail}. Check the API key (login), secret (password) and "
+        f"extra organization_id (Didomi console → Settings → API keys); {skipped}."
+    )
+
+
 def _dataverse_connection_problem(hook: Any, err: BaseException) -> str:
     """What a failed token or WhoAmI means and what to do about it."""
     conn_id = getattr(hook, "dataverse_conn_id", "dataverse_default")
@@ -656,16 +678,10 @@ def gather_didomi(hook: Any, scan_pages: int) -> DidomiFacts:
     facts = DidomiFacts()
     conn_id = getattr(hook, "didomi_conn_id", "didomi_default")
     try:
-        ok, message = hook.test_connection()
-    except Exception as err:  # e.g. the connection is not defined at all
-        ok, message = False, _describe(err)
-    if not ok:
-        facts.connection_error = (
-            f"Didomi connection {conn_id!r} failed: {message}. Check the API key (login), secret (password) and "
-            "extra organization_id (Didomi console → Settings → API keys); the Didomi checks were skipped."
-        )
+        facts.connected_as = hook.connect()
+    except Exception as err:  # any failure is the connection check, worded by what it means
+        facts.connection_error = _didomi_connection_problem(conn_id, err)
         return facts
-    facts.connected_as = message
     scan = ConsentScan()
     try:
         pages = hook.iter_users(SCAN_PAGE_SIZE, prefetch=False)

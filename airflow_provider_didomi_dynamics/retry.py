@@ -74,6 +74,28 @@ def is_untrusted_certificate(error: BaseException | None) -> bool:
     return isinstance(error, requests.exceptions.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(error)
 
 
+UNTRUSTED_CERTIFICATE_FIX = (
+    "the server's certificate is not trusted: for a private CA set the connection extra ca_bundle to its PEM file"
+)
+
+
+def transport_failure(describe: str, error: requests.RequestException, attempts: int) -> requests.RequestException:
+    """The same kind of error, worded for a person: which request, what happened to it, how often it was tried.
+
+    The type is kept (a Timeout stays a Timeout) so callers that tell outages from refusals still can.
+    """
+    if is_untrusted_certificate(error):
+        what = f"TLS verification failed ({UNTRUSTED_CERTIFICATE_FIX})"
+    elif isinstance(error, requests.exceptions.ChunkedEncodingError) or "IncompleteRead" in str(error):
+        what = "the connection dropped and the body was cut short"
+    elif isinstance(error, requests.Timeout):
+        what = "no answer within the timeout"
+    else:
+        what = "the connection failed"
+    tries = f" after {attempts} attempt(s)" if attempts > 1 else ""
+    return type(error)(f"{describe}: {what}{tries}: {error}", request=error.request, response=error.response)
+
+
 def retry_after_s(response: requests.Response, default: float) -> float:
     value = response.headers.get("Retry-After")
     if value is None:
@@ -96,7 +118,7 @@ def send_with_retry(
     """Send until a non-retryable answer; returns the last response (the caller raises on error statuses).
 
     A 401 renews the token once (``renew_auth``) and resends at once; it does not count as a throttle.
-    Connection errors propagate after the last attempt.
+    Connection errors propagate after the last attempt, reworded by ``transport_failure``.
     """
     gate = gate or ThrottleGate()
     renewed = False
@@ -156,4 +178,8 @@ def send_with_retry(
             else None
         ),
     )
-    return retrying(attempt)
+    try:
+        return retrying(attempt)
+    except requests.RequestException as error:
+        attempts = retrying.statistics.get("attempt_number", 1)
+        raise transport_failure(describe, error, attempts) from error

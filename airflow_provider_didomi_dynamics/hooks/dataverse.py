@@ -38,7 +38,14 @@ from airflow_provider_didomi_dynamics.hooks.dataverse_batch import (
     build_changeset_batch,
     parse_batch_response,
 )
-from airflow_provider_didomi_dynamics.retry import TRANSIENT_ERRORS, RetryPolicy, ThrottleGate, send_with_retry
+from airflow_provider_didomi_dynamics.retry import (
+    TRANSIENT_ERRORS,
+    UNTRUSTED_CERTIFICATE_FIX,
+    RetryPolicy,
+    ThrottleGate,
+    is_untrusted_certificate,
+    send_with_retry,
+)
 from airflow_provider_didomi_dynamics.sessions import PinnedVerifySession, verify_setting
 
 log = logging.getLogger(__name__)
@@ -250,12 +257,23 @@ def msal_app(settings: DataverseSettings) -> msal.ConfidentialClientApplication:
                 **options,
             )
         except (ValueError, requests.RequestException) as err:
-            raise DataverseAuthError(
-                f"cannot reach the Entra ID authority {settings.authority}: {type(err).__name__}: {err}"
-            ) from None
+            raise DataverseAuthError(entra_failure("read its discovery document", settings, err)) from None
         _MSAL_APPS[key] = app
         _MSAL_TOKEN_LOCKS[id(app)] = threading.Lock()
         return app
+
+
+def entra_failure(purpose: str, settings: DataverseSettings, err: BaseException) -> str:
+    """Why Entra ID could not be used, in words: untrusted certificate, a body that is not JSON, or no answer."""
+    where = f"cannot reach the Entra ID authority {settings.authority} to {purpose}"
+    if is_untrusted_certificate(err):
+        return f"{where}: TLS verification failed ({UNTRUSTED_CERTIFICATE_FIX}): {err}"
+    if isinstance(err, ValueError):
+        return (
+            f"{where}: it answered with a body that is not JSON (an HTML page from a proxy, or a wrong "
+            f"authority_host?): {type(err).__name__}: {err}"
+        )
+    return f"{where}: {type(err).__name__}: {err}"
 
 
 def _fold(value: str) -> str:
@@ -471,8 +489,11 @@ class DataverseHook(HttpHook):
         if token and time.monotonic() < self._token_fresh_until:
             return token
         app = msal_app(self.settings)
-        with _MSAL_TOKEN_LOCKS[id(app)]:
-            result = app.acquire_token_for_client(scopes=[self.settings.scope])
+        try:
+            with _MSAL_TOKEN_LOCKS[id(app)]:
+                result = app.acquire_token_for_client(scopes=[self.settings.scope])
+        except (ValueError, requests.RequestException) as err:  # msal decodes the body itself: HTML is a ValueError
+            raise DataverseAuthError(entra_failure("get a token", self.settings, err)) from None
         fresh = result.get("access_token") if isinstance(result, dict) else None
         if not isinstance(fresh, str) or not fresh:
             error = result.get("error", "unknown_error") if isinstance(result, dict) else "no answer"
@@ -590,7 +611,7 @@ class DataverseHook(HttpHook):
             policy=self.retry_policy,
             gate=self.gate,
             renew_auth=lambda: self.renew_token(used_token[0]),
-            describe=what,
+            describe=f"Dataverse {what}",
             on_throttle=self._count_throttle,
         )
         if raise_for_status and response.status_code >= 400:

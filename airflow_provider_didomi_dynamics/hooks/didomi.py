@@ -548,14 +548,22 @@ class DidomiHook(HttpHook):
 
     # ------------------------------------------------------------------ connection test
 
+    def connect(self) -> str:
+        """Get a token and read one page of users with the hook's own retry policy; says who we are connected as.
+
+        Raises what went wrong: a task (the preflight) must ride out a brief outage like any other request.
+        """
+        self._renew_token(stale=self._token)
+        self._users_page(None, 1)
+        return f"Connected to Didomi organization {self._organization_id} at {self.base_url}"
+
     def test_connection(self) -> tuple[bool, str]:
-        """Get a token and read one page of users: proves the key, the secret, the organization and TLS."""
+        """``connect`` for the UI's Test button: proves the key, the secret, the organization and TLS."""
         policy = self.retry_policy
         # A person waits on the "Test" button: two quick attempts, not the task's long backoff.
         self.retry_policy = RetryPolicy(max_attempts=2, max_total_wait_s=5.0, backoff_initial_s=0.2, backoff_max_s=1.0)
         try:
-            self._renew_token(stale=self._token)
-            self._users_page(None, 1)
+            connected = self.connect()
         except ApiError as err:
             return False, f"Didomi answered {err.status_code}: {err.api_message}"
         except requests.exceptions.SSLError as err:
@@ -564,7 +572,7 @@ class DidomiHook(HttpHook):
             return False, str(err)
         finally:
             self.retry_policy = policy
-        return True, f"Connected to Didomi organization {self._organization_id} at {self.base_url}"
+        return True, connected
 
 
 def _message(response: requests.Response) -> str:

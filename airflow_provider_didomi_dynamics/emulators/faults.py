@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-FaultKind = Literal["status", "reset", "delay"]
+FaultKind = Literal["status", "reset", "lost_response", "delay"]
 
 
 @dataclass
@@ -101,7 +101,8 @@ class FaultMiddleware:
     """ASGI middleware: fixed latency, armed faults and the request log, for every non-admin request.
 
     ``error_body`` turns a status into the emulated API's own error JSON so clients parse what they would in
-    production. A ``reset`` fault starts a response and aborts it, which a client sees as a dropped connection.
+    production. A ``reset`` fault starts a response and aborts it, which a client sees as a dropped connection;
+    ``lost_response`` does the same after the request was handled (a write that committed, whose answer is lost).
     """
 
     def __init__(self, app: Any, model: Any, error_body: Any) -> None:
@@ -130,7 +131,13 @@ class FaultMiddleware:
         if fault is not None:
             if fault.kind == "delay":
                 await asyncio.sleep(fault.delay_s)
-            elif fault.kind == "reset":
+            elif fault.kind in ("reset", "lost_response"):
+                if fault.kind == "lost_response":  # the request is handled (a write commits); its answer is lost
+
+                    async def swallow(message: dict[str, Any]) -> None:
+                        return None
+
+                    await self.app(scope, receive, swallow)
                 self.model.requests.record(method, route, 0)
                 await send(
                     {

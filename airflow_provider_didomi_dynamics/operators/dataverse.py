@@ -44,6 +44,7 @@ from airflow_provider_didomi_dynamics.operators.contact_diff import (
     rows_from_input,
 )
 from airflow_provider_didomi_dynamics.report import Outcome, RunReport, enforce_failure_threshold
+from airflow_provider_didomi_dynamics.retry_queue import RetryQueue, plain_rows
 from airflow_provider_didomi_dynamics.windows import DEFAULT_LOOKBACK, SyncWindow, resolve_window
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,9 @@ class ContactPusher:
         self.unavailable: list[str] = []
         self._headers = self.options.headers()
         self._by_key = False
+        # Contacts created by our own user after this moment, found when re-reading after a lost create answer,
+        # are this run's creates (the clock margin covers skew between the worker and Dataverse).
+        self._created_after = dt.datetime.now(dt.timezone.utc) - _CLOCK_SKEW
 
     # ---- the run -------------------------------------------------------------------------------------------------
 
@@ -145,6 +149,8 @@ class ContactPusher:
                     report.add("", Outcome.SKIPPED, "no organization_user_id")
             for row, reason in superseded:
                 report.add(row.key, Outcome.SKIPPED, reason)
+            report.extra["retried_from_earlier_runs"] = len(retry)
+            report.extra["retried_keys"] = [row.key for row in retry]
             metadata.result()
         plan = self.execute(rows, report)
         log.info("Push plan: %s", plan.counts())
@@ -343,9 +349,8 @@ class ContactPusher:
     def _create_after_lookup(self, task: _Task) -> _TaskResult:
         """Re-read the keys right before creating: a row that appeared since (a crashed attempt, a person) is
         updated instead, so no duplicate contact is ever created."""
-        found = self.hook.lookup_by_keys(
-            self.key_attribute, [w.row.key for w in task.writes], self.select_columns(), parallelism=1
-        )
+        columns = [*self.select_columns(), "createdon", "_createdby_value"]
+        found = self.hook.lookup_by_keys(self.key_attribute, [w.row.key for w in task.writes], columns, parallelism=1)
         result = _TaskResult()
         missing: list[PlannedWrite] = []
         updates: list[PlannedWrite] = []
@@ -357,6 +362,10 @@ class ContactPusher:
             changes = changes_for(contact, write.row.values, self.config.null_values)
             if changes:
                 updates.append(PlannedWrite(write.row, changes, str(contact["contactid"])))
+            elif task.attempt > 1 and self._created_by_this_run(contact):
+                # Our create landed but its answer was lost: the report is the record of what the sync wrote.
+                landed = PlannedWrite(write.row, write.changes, str(contact["contactid"]))
+                result.done.append((landed, Outcome.CREATED, "created; the answer was lost, confirmed by re-reading"))
             else:
                 result.unchanged.append(write.row)
         if updates:
@@ -368,6 +377,12 @@ class ContactPusher:
             result.follow_ups += sent.follow_ups
             result.ok = sent.ok
         return result
+
+    def _created_by_this_run(self, contact: Mapping[str, Any]) -> bool:
+        own = (self.hook.user_id or "").lower()
+        creator = str(contact.get("_createdby_value") or "").lower()
+        created = pd.to_datetime(contact.get("createdon"), utc=True, errors="coerce")
+        return bool(own) and creator == own and not pd.isna(created) and created >= self._created_after
 
     def _on_error(self, task: _Task, err: ApiError) -> _TaskResult:
         if err.status_code >= 500 or err.status_code == 429:
@@ -394,6 +409,9 @@ class ContactPusher:
         return _failed(task, err.api_message or str(err))
 
 
+_CLOCK_SKEW = dt.timedelta(minutes=2)
+
+
 def _final_batch_size(rows: int, batch_size: int, writers: int) -> int:
     """Size of the last batches: whole rounds for every writer, so they finish together instead of one by one."""
     batches = math.ceil(rows / batch_size)
@@ -418,9 +436,10 @@ class DataversePushContactsOperator(BaseOperator):
     """Write Didomi consent to Dataverse contacts: changed rows and changed columns only, at bulk speed.
 
     ``contacts`` is the forward-mapped frame (``organization_user_id``, ``updated_at``, one column per contact
-    attribute), usually an upstream task's output. Failed rows go to XCom ``failed_rows``; the next run merges them
-    back in (``retry_previous_failures``, on by default) or takes them through ``retry_rows``. A fresh row for the
-    same key wins over an older failed one. Returns the run report (``RunReport("push_contacts").as_dict()``).
+    attribute), usually an upstream task's output. Failed rows go to XCom ``failed_rows`` and to the task's retry
+    queue (an Airflow Variable, see ``retry_queue.py``); the next run, scheduled or triggered by hand, merges them
+    back in (``retry_previous_failures``, on by default), or takes them through ``retry_rows`` instead. A fresh row
+    for the same key wins over an older failed one. Returns the run report (``RunReport("push_contacts").as_dict()``).
 
     Options: ``batch_size`` (records per bulk request), ``max_parallelism`` (cap on the writers; the org's
     ``x-ms-dop-hint`` decides below it), ``bypass_business_logic`` / ``bypass_flows`` (the documented headers; the
@@ -496,17 +515,21 @@ class DataversePushContactsOperator(BaseOperator):
         )
         retry_rows = self.retry_rows
         ti = context.get("ti") if isinstance(context, Mapping) else None
-        if retry_rows is None and self.retry_previous_failures and ti is not None:
-            retry_rows = self.previous_failures(ti)
         hook = self.make_hook(config)
+        queue = None
+        if retry_rows is None and self.retry_previous_failures and ti is not None:
+            queue = RetryQueue.for_task(ti, hook.settings.instance_url)
+            retry_rows = queue.read() if queue is not None else None
         try:
             pusher = ContactPusher(hook, config, options)
             report = pusher.run(self.contacts, retry_rows)
         finally:
             hook.close()
-        failed_rows = [] if options.dry_run else pusher.failed_inputs
+        failed_rows = [] if options.dry_run else plain_rows(pusher.failed_inputs)
         if ti is not None and not options.dry_run:
             ti.xcom_push(key=FAILED_ROWS_XCOM_KEY, value=failed_rows)
+            if queue is not None:
+                queue.replace(failed_rows)
         result = report.as_dict()
         self.check_threshold(report, result, ti)
         if pusher.unavailable and not options.dry_run:
@@ -517,19 +540,6 @@ class DataversePushContactsOperator(BaseOperator):
                 "every other row was written, the failed ones are retried"
             )
         return result
-
-    def previous_failures(self, ti: Any) -> Any:
-        """The rows the previous run of this task could not write (its ``failed_rows`` XCom), to retry them now."""
-        try:
-            rows = ti.xcom_pull(
-                task_ids=self.task_id, key=FAILED_ROWS_XCOM_KEY, include_prior_dates=True, map_indexes=ti.map_index
-            )
-        except Exception as err:  # a first run, or a manual run without a logical date: nothing to retry
-            self.log.warning("could not read the previous run's failed rows (%s); none retried", err)
-            return None
-        if rows:
-            self.log.info("retrying %d row(s) that failed in the previous run", len(rows))
-        return rows
 
     def check_threshold(self, report: RunReport, result: dict[str, Any], ti: Any) -> None:
         enforce_failure_threshold(

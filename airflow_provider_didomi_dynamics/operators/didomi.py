@@ -25,6 +25,7 @@ from airflow_provider_didomi_dynamics.mapping.flatten import UserFrameBuilder, f
 from airflow_provider_didomi_dynamics.mapping.forward import known_preferences
 from airflow_provider_didomi_dynamics.report import Outcome, RunReport, enforce_failure_threshold
 from airflow_provider_didomi_dynamics.retry import RetryPolicy
+from airflow_provider_didomi_dynamics.retry_queue import RetryQueue, plain_rows
 from airflow_provider_didomi_dynamics.windows import DEFAULT_LOOKBACK, SyncWindow, WindowError, resolve_window
 
 __all__ = [
@@ -251,11 +252,17 @@ def _records(data: Any) -> list[dict[str, Any]]:
 class _Row:
     """One input row on its way through the push."""
 
-    __slots__ = ("changes", "contactid", "default_fields", "fields", "key", "modifiedon", "position")
+    __slots__ = (
+        "changes", "contactid", "default_fields", "fields", "key", "modifiedon", "position", "queued", "record",
+        "target",
+    )  # fmt: skip
 
     def __init__(self, position: int, key: str, contactid: str | None, modifiedon: dt.datetime | None) -> None:
         self.position = position
+        self.record: dict[str, Any] = {}  # the input row as given, kept in the retry queue should it fail
+        self.queued = False  # came from the retry queue (an earlier run could not send it)
         self.key = key
+        self.target = key  # the Didomi user's own spelling of the key, once known
         self.contactid = contactid
         self.modifiedon = modifiedon
         self.fields: dict[str, Any] = {}
@@ -328,12 +335,25 @@ class DidomiPushConsentsOperator(BaseOperator):
         dry_run = as_bool(self.is_dry_run)
         report = RunReport("push_consents", dry_run=dry_run)
         known = self.preference_ids()
-        rows = self.read_rows(report)
         hook = self.make_hook()
+        ti = context.get("ti")
+        queue = None
+        if ti is not None:
+            organization = hook.organization_id  # reads the connection, which also sets base_url
+            queue = RetryQueue.for_task(ti, f"{hook.base_url}/{organization}")
         try:
-            self._push(hook, rows, report, known, dry_run)
+            queued = queue.read() if queue is not None else []
+            report.extra["retried_from_earlier_runs"] = len(queued)
+            report.extra["retried_keys"] = [str(r.get("organization_user_id") or "") for r in queued]
+            rows = self.read_rows(report, queued)
+            failed = self._push(hook, rows, report, known, dry_run)
         finally:
             hook.close()
+        if ti is not None and not dry_run:
+            failed_rows = plain_rows([row.record for row in failed])
+            ti.xcom_push(key="failed_rows", value=failed_rows)
+            if queue is not None:
+                queue.replace(failed_rows)
         report.seconds = time.monotonic() - started
         self.log.info(report.summary())
         result = report.as_dict()
@@ -342,9 +362,13 @@ class DidomiPushConsentsOperator(BaseOperator):
 
     def _push(
         self, hook: DidomiHook, rows: list[_Row], report: RunReport, known: tuple[str, ...], dry_run: bool
-    ) -> None:
-        """Diff each row against the user's current state, apply the conflict rule, send the events."""
+    ) -> list[_Row]:
+        """Diff each row against the user's current state, apply the conflict rule, send the events.
+
+        Returns the rows that failed, for the retry queue."""
+        failed: list[_Row] = []
         current = hook.get_users(row.key for row in rows) if rows else {}
+        self._match_other_spellings(hook, rows, current)
 
         planned: list[tuple[_Row, dict[str, Any]]] = []
         for row in rows:
@@ -369,11 +393,12 @@ class DidomiPushConsentsOperator(BaseOperator):
                         f"{_iso(row.modifiedon)}); Didomi's value wins for {', '.join(sorted(row.changes))}",
                     )
                     continue
-                event = build_event(row.key, row.changes, current=user, known_preferences=known)
+                event = build_event(row.target, row.changes, current=user, known_preferences=known)
             except EventFieldError as err:
                 report.add(row.key, Outcome.FAILED, str(err))
+                failed.append(row)
                 continue
-            event["id"] = event_id(row.key, row.contactid, _iso(row.modifiedon), row.changes)
+            event["id"] = event_id(row.target, row.contactid, _iso(row.modifiedon), row.changes)
             if row.modifiedon is not None:
                 event["created_at"] = _iso(row.modifiedon)  # the consent was given when the contact changed
             planned.append((row, event))
@@ -394,20 +419,43 @@ class DidomiPushConsentsOperator(BaseOperator):
                     report.add(row.key, Outcome.SENT, changes=row.changes)
                 else:
                     report.add(row.key, Outcome.FAILED, f"Didomi refused the event: {result.error}", row.changes)
+                    failed.append(row)
         report.http_requests = hook.http_requests
         report.throttled_429 = hook.throttled_429
         report.extra["events_already_stored"] = already_stored
+        return failed
 
-    def read_rows(self, report: RunReport) -> list[_Row]:
-        """Parse the input; report rows that cannot be pushed; keep the newest row per organization_user_id."""
+    @staticmethod
+    def _match_other_spellings(hook: DidomiHook, rows: list[_Row], current: dict[str, dict[str, Any]]) -> None:
+        """A contact key Didomi does not know as spelt may be a known user in lower case.
+
+        Dataverse compares keys case-insensitively, so the forward sync matched ``Ann@X.com`` to Didomi's
+        ``ann@x.com``; the change on that contact belongs to that user and must not create a second one.
+        """
+        unknown = [row for row in rows if row.key not in current and row.key.lower() != row.key]
+        if not unknown:
+            return
+        found = hook.get_users(row.key.lower() for row in unknown)
+        for row in unknown:
+            user = found.get(row.key.lower())
+            if user is not None:
+                current[row.key] = user
+                row.target = str(user.get("organization_user_id") or row.key.lower())
+
+    def read_rows(self, report: RunReport, queued: Sequence[Mapping[str, Any]] = ()) -> list[_Row]:
+        """Parse the input (after the rows earlier runs could not send); report rows that cannot be pushed; keep
+        the newest row per organization_user_id."""
         newest: dict[str, _Row] = {}
-        for position, record in enumerate(_records(self.events)):
+        fresh = _records(self.events)
+        for position, record in enumerate([*(dict(r) for r in queued), *fresh]):
+            is_queued = position < len(queued)
             key = _text(record.get("organization_user_id"))
             contactid = _text(record.get("contactid"))
             if key is None:
                 report.add(contactid or f"row {position}", Outcome.SKIPPED, "no organization_user_id")
                 continue
             row = _Row(position, key, contactid, _moment(record.get("modifiedon")))
+            row.record, row.queued = record, is_queued
             raw = record.get("fields")
             try:
                 fields = json.loads(raw) if isinstance(raw, str) else raw
@@ -431,12 +479,14 @@ class DidomiPushConsentsOperator(BaseOperator):
                 continue
             older, newer = (other, row) if _not_after(other.modifiedon, row.modifiedon) else (row, other)
             newest[key] = newer
-            report.add(
-                key,
-                Outcome.SKIPPED,
-                f"duplicate organization_user_id: contact {newer.contactid or '?'} changed later and is sent instead "
-                f"of contact {older.contactid or '?'}",
-            )
+            if older.queued and (older.contactid == newer.contactid or newer.queued):
+                reason = "superseded: an earlier run could not send this change, a newer one of the contact replaces it"
+            else:
+                reason = (
+                    f"duplicate organization_user_id: contact {newer.contactid or '?'} changed later and is sent "
+                    f"instead of contact {older.contactid or '?'}"
+                )
+            report.add(key, Outcome.SKIPPED, reason)
         return sorted(newest.values(), key=lambda r: r.position)
 
     def check_threshold(self, report: RunReport, result: dict[str, Any], ti: Any) -> None:

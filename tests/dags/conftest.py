@@ -19,13 +19,14 @@ from airflow_provider_didomi_dynamics.hooks import dataverse as dataverse_hooks
 from airflow_provider_didomi_dynamics.hooks import didomi as didomi_hooks
 from airflow_provider_didomi_dynamics.preflight import forget_preflight_cache
 from airflow_provider_didomi_dynamics.retry import RetryPolicy
+from airflow_provider_didomi_dynamics.retry_queue import forget_retry_queues
 
 
 def forget_sync_runs() -> None:
     """Delete every run of both sync DAGs (task instances and XComs go with them) from the metadata database.
 
     Each test is a new deployment against new emulators: a run of an earlier test must not be "the previous run"
-    whose failed rows the next push retries.
+    whose failed rows the next push retries, nor leave rows in a retry queue.
     """
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
@@ -34,6 +35,7 @@ def forget_sync_runs() -> None:
     with create_session() as session:
         for run in session.scalars(select(DagRun).where(DagRun.dag_id.in_([FORWARD, REVERSE]))):
             session.delete(run)
+    forget_retry_queues()
 
 
 @pytest.fixture

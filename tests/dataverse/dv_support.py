@@ -115,16 +115,12 @@ def contacts_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 class FakeTI:
-    """The two TaskInstance calls the push makes, recorded."""
+    """Records what the push hands to XCom when its ``execute`` is called outside Airflow (no retry queue there)."""
 
     map_index = -1  # an unmapped task, as Airflow gives it
 
-    def __init__(self, previous: dict[str, Any] | None = None) -> None:
+    def __init__(self) -> None:
         self.pushed: dict[str, Any] = {}
-        self.previous = previous or {}
 
     def xcom_push(self, key: str, value: Any) -> None:
         self.pushed[key] = value
-
-    def xcom_pull(self, task_ids: str | None = None, key: str = "return_value", **_: Any) -> Any:
-        return self.previous.get(key)

@@ -13,12 +13,14 @@ import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pandas as pd
 from airflow.sdk import BaseOperator, Context
 
 from airflow_provider_didomi_dynamics.config import load_config
+from airflow_provider_didomi_dynamics.conflicts import fields_didomi_changed_after
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook, EventResult
 from airflow_provider_didomi_dynamics.mapping.events import EventFieldError, build_event, changed_fields
 from airflow_provider_didomi_dynamics.mapping.flatten import UserFrameBuilder, flatten_user
@@ -367,10 +369,12 @@ class DidomiPushConsentsOperator(BaseOperator):
 
         Returns the rows that failed, for the retry queue."""
         failed: list[_Row] = []
+        self._notes: dict[int, str] = {}  # why a sent row carries fewer fields than it changed
         current = hook.get_users(row.key for row in rows) if rows else {}
         self._match_other_spellings(hook, rows, current)
 
         planned: list[tuple[_Row, dict[str, Any]]] = []
+        both_changed: list[tuple[_Row, dt.datetime]] = []
         for row in rows:
             user = current.get(row.key)
             try:
@@ -386,27 +390,25 @@ class DidomiPushConsentsOperator(BaseOperator):
                     continue
                 didomi_updated = _utc_or_none(user.get("updated_at")) if user else None
                 if didomi_updated is not None and row.modifiedon is not None and didomi_updated > row.modifiedon:
-                    report.add(
-                        row.key,
-                        Outcome.SKIPPED,
-                        f"{DIDOMI_NEWER} (updated_at {_iso(didomi_updated)} after the contact's modifiedon "
-                        f"{_iso(row.modifiedon)}); Didomi's value wins for {', '.join(sorted(row.changes))}",
-                    )
+                    both_changed.append((row, didomi_updated))  # resolved field by field below
                     continue
-                event = build_event(row.target, row.changes, current=user, known_preferences=known)
             except EventFieldError as err:
                 report.add(row.key, Outcome.FAILED, str(err))
                 failed.append(row)
                 continue
-            event["id"] = event_id(row.target, row.contactid, _iso(row.modifiedon), row.changes)
-            if row.modifiedon is not None:
-                event["created_at"] = _iso(row.modifiedon)  # the consent was given when the contact changed
-            planned.append((row, event))
+            self._plan(row, current.get(row.key), known, planned, report, failed)
+        history = self._event_history(hook, [row.target for row, _ in both_changed])
+        for row, didomi_updated in both_changed:
+            self._resolve_conflict(row, didomi_updated, history.get(row.target), report, failed)
+            if row.changes:
+                self._plan(row, current.get(row.key), known, planned, report, failed)
 
+        notes = self._notes
         already_stored = 0
         if dry_run:
             for row, _event in planned:
-                report.add(row.key, Outcome.SENT, "dry run: not sent", row.changes)
+                note = notes.get(row.position, "")
+                report.add(row.key, Outcome.SENT, "dry run: not sent" + (f"; {note}" if note else ""), row.changes)
         elif planned:
             self.log.info("sending %d consent event(s) to Didomi", len(planned))
             results: list[EventResult] = hook.send_events(
@@ -416,7 +418,7 @@ class DidomiPushConsentsOperator(BaseOperator):
                 row = planned[result.index][0]
                 if result.ok:
                     already_stored += result.status == "exists"
-                    report.add(row.key, Outcome.SENT, changes=row.changes)
+                    report.add(row.key, Outcome.SENT, notes.get(row.position, ""), row.changes)
                 else:
                     report.add(row.key, Outcome.FAILED, f"Didomi refused the event: {result.error}", row.changes)
                     failed.append(row)
@@ -424,6 +426,77 @@ class DidomiPushConsentsOperator(BaseOperator):
         report.throttled_429 = hook.throttled_429
         report.extra["events_already_stored"] = already_stored
         return failed
+
+    @staticmethod
+    def _plan(
+        row: _Row,
+        user: dict[str, Any] | None,
+        known: tuple[str, ...],
+        planned: list[tuple[_Row, dict[str, Any]]],
+        report: RunReport,
+        failed: list[_Row],
+    ) -> None:
+        """Build the row's event (deterministic id, back-dated to the contact's change) or fail the row."""
+        try:
+            event = build_event(row.target, row.changes, current=user, known_preferences=known)
+        except EventFieldError as err:
+            report.add(row.key, Outcome.FAILED, str(err))
+            failed.append(row)
+            return
+        event["id"] = event_id(row.target, row.contactid, _iso(row.modifiedon), row.changes)
+        if row.modifiedon is not None:
+            event["created_at"] = _iso(row.modifiedon)  # the consent was given when the contact changed
+        planned.append((row, event))
+
+    @staticmethod
+    def _event_history(hook: DidomiHook, targets: list[str]) -> dict[str, list[dict[str, Any]] | Exception]:
+        """The consent events of each user whose change races a contact change (only those: one request each)."""
+        wanted = list(dict.fromkeys(targets))
+        if not wanted:
+            return {}
+
+        def events_of(target: str) -> list[dict[str, Any]] | Exception:
+            try:
+                return hook.list_events(target)
+            except Exception as err:  # that row fails and is retried; the others go on
+                return err
+
+        with ThreadPoolExecutor(max_workers=hook.max_workers, thread_name_prefix="didomi-history") as executor:
+            return dict(zip(wanted, executor.map(events_of, wanted), strict=True))
+
+    def _resolve_conflict(
+        self,
+        row: _Row,
+        didomi_updated: dt.datetime,
+        events: list[dict[str, Any]] | Exception | None,
+        report: RunReport,
+        failed: list[_Row],
+    ) -> None:
+        """Both sides changed since the contact did: keep in ``row.changes`` only the fields Didomi did not change
+        after the contact; report the row skipped when none is left."""
+        assert row.modifiedon is not None
+        when = f"updated_at {_iso(didomi_updated)} after the contact's modifiedon {_iso(row.modifiedon)}"
+        if isinstance(events, Exception):
+            report.add(
+                row.key, Outcome.FAILED, f"could not read Didomi's event history to resolve a conflict: {events}"
+            )
+            failed.append(row)
+            row.changes = {}
+            return
+        later = fields_didomi_changed_after(row.changes, events or [], row.modifiedon)
+        didomi_wins = sorted(row.changes) if later is None else sorted(later)
+        if len(didomi_wins) == len(row.changes):
+            report.add(
+                row.key, Outcome.SKIPPED, f"{DIDOMI_NEWER} ({when}); Didomi's value wins for {', '.join(didomi_wins)}"
+            )
+            row.changes = {}
+            return
+        row.changes = {k: v for k, v in row.changes.items() if k not in didomi_wins}
+        if didomi_wins:
+            self._notes[row.position] = (
+                f"{DIDOMI_NEWER} for {', '.join(didomi_wins)} ({when}): Didomi's value wins there; the contact's "
+                "other changes are newer and sent"
+            )
 
     @staticmethod
     def _match_other_spellings(hook: DidomiHook, rows: list[_Row], current: dict[str, dict[str, Any]]) -> None:

@@ -23,7 +23,9 @@ params, else starts where the previous successful run ended, else looks back 24 
 
 **Outcomes**: every user ends *created*, *updated*, *unchanged*, *skipped* (no contact and `upsert_mode` false,
 or no `organization_user_id`) or *failed* (with Dataverse's message). See the `push_contacts` return value.
-Failed rows are retried by the next run. Clearing and re-running any task is safe: nothing is written twice.
+Failed rows wait in the task's retry queue (Variable `didomi_dynamics_retry.didomi_to_dynamics.push_contacts.<target>`)
+and the next run, scheduled or triggered by hand, retries them. Clearing and re-running any task is safe: nothing is
+written twice.
 """
 
 with DAG(

@@ -21,8 +21,12 @@ leaves out the rows last written by this integration's own application user (so 
 rebuilds Didomi consent events from the mapped attributes and sends only what differs from the Didomi user,
 with `$disable_integrations=true` so Didomi does not forward the change back to Dynamics.
 
-**Conflicts**: when both sides changed a field inside one window, the newer change wins: a Didomi user updated
-after the contact keeps its value (the row is reported *skipped*, "Didomi changed later").
+**Conflicts**: when both sides changed, the newer change wins, field by field: for a Didomi user updated after the
+contact, Didomi's event history tells which fields Didomi changed later; those keep Didomi's value and the contact's
+other changes are sent (a row left with nothing to send is reported *skipped*, "Didomi changed later").
+
+**Failed rows** (an event Didomi refused) wait in the task's retry queue (Variable
+`didomi_dynamics_retry.dynamics_to_didomi.push_consents.<target>`) and the next run, scheduled or manual, resends them.
 
 **Re-runs**: event ids are derived from the contact and its `modifiedon`, so a re-run never stores an event twice.
 Params: `since` / `until`, `full_sync`, `contact_ids` (targeted re-sync), `remote_execution_context` (the Dynamics

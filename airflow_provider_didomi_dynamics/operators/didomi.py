@@ -279,10 +279,12 @@ class DidomiPushConsentsOperator(BaseOperator):
     fields that differ (``changed_fields``), and send one event with a deterministic id (a re-run never
     duplicates) and ``$disable_integrations=true`` (Didomi does not echo the change back to Dynamics).
 
-    Conflict rule: when the Didomi user's ``updated_at`` is later than the contact's ``modifiedon`` and a field
-    differs, Didomi's newer change wins: the row is skipped with reason "Didomi changed later" (the forward sync
-    carries Didomi's value to Dynamics). Rows without ``organization_user_id`` are skipped; when two rows share an
-    ``organization_user_id`` the one with the newest ``modifiedon`` is sent and the other skipped.
+    Conflict rule (``conflicts.py``): when the Didomi user's ``updated_at`` is later than the contact's
+    ``modifiedon``, the user's event history says which fields Didomi changed after the contact; those keep
+    Didomi's value (the forward sync carries it to Dynamics) and the other changed fields are sent. A row left with
+    nothing to send is skipped with reason "Didomi changed later". Failed rows wait in the task's retry queue
+    (``retry_queue.py``) and the next run resends them. Rows without ``organization_user_id`` are skipped; when two
+    rows share an ``organization_user_id`` the one with the newest ``modifiedon`` is sent and the other skipped.
 
     After everything that can be sent was sent, the task fails when more than ``failure_threshold_rows`` rows or
     more than ``failure_threshold_percent`` % of rows failed (the report is pushed to XCom ``report`` first).

@@ -75,3 +75,21 @@ def fields_didomi_changed_after(
         if at is not None and at > moment:
             later.add(field)
     return later
+
+
+def columns_the_contact_keeps(
+    changes: Iterable[str],
+    field_of_column: Mapping[str, str],
+    events: Iterable[Mapping[str, Any]],
+    person_changed_at: dt.datetime,
+) -> list[str]:
+    """Forward side: the changed contact columns whose Didomi field did not change after a person changed the
+    contact, so the contact's value is the newer one. Only two-way columns (``field_of_column``) count: a
+    one-way column always takes Didomi's value. Empty when the history cannot tell (Didomi keeps every field)."""
+    two_way = [column for column in changes if column in field_of_column]
+    if not two_way:
+        return []
+    later = fields_didomi_changed_after([field_of_column[c] for c in two_way], events, person_changed_at)
+    if later is None:
+        return []
+    return [column for column in two_way if field_of_column[column] not in later]

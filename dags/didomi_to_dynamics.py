@@ -21,6 +21,11 @@ only what changed to the Dataverse contacts matched by `organization_user_id`.
 params, else starts where the previous successful run ended, else looks back 24 hours. `full_sync` takes everything;
 `organization_user_ids` re-syncs just those users. `dry_run` counts and samples the changes and writes nothing.
 
+**Conflicts**: when both sides changed, the newer change wins, field by field. A contact a person changed after
+the Didomi user's latest update keeps its values; one changed before it is checked against Didomi's event history,
+and if a two-way column still holds the person's newer value the row waits (*skipped*, "Dynamics changed later")
+until the reverse DAG has sent it to Didomi.
+
 **Outcomes**: every user ends *created*, *updated*, *unchanged*, *skipped* (no contact and `upsert_mode` false,
 or no `organization_user_id`) or *failed* (with Dataverse's message). See the `push_contacts` return value.
 Failed rows wait in the task's retry queue (Variable `didomi_dynamics_retry.didomi_to_dynamics.push_contacts.<target>`)
@@ -64,6 +69,7 @@ with DAG(
         contacts=apply_mapping.output,
         config=dag_settings.config_source(),
         dry_run="{{ params.dry_run }}",
+        didomi_conn_id="didomi_default",  # Didomi's event history decides per-field conflicts
         pool=dag_settings.DATAVERSE_POOL,
         outlets=[Asset("dataverse://contacts")],
     )

@@ -546,6 +546,25 @@ class DidomiHook(HttpHook):
             _check_cursor(cursor, seen)
             params["$cursor"] = cursor
 
+    def event_histories(self, organization_user_ids: Iterable[str]) -> dict[str, list[dict[str, Any]] | Exception]:
+        """The events of several users, fetched in parallel like ``get_users``; a user whose events cannot be read
+        maps to the error (the caller fails that row alone)."""
+        wanted = list(dict.fromkeys(i for i in organization_user_ids if isinstance(i, str) and i))
+        if not wanted:
+            return {}
+
+        def events_of(org_user_id: str) -> list[dict[str, Any]] | Exception:
+            try:
+                return self.list_events(org_user_id)
+            except (DidomiDynamicsError, requests.RequestException) as err:
+                return err
+
+        if len(wanted) == 1 or self.max_workers == 1:
+            return {org_user_id: events_of(org_user_id) for org_user_id in wanted}
+        self._current_token()  # one token for all workers, before they start
+        with ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="didomi-events") as executor:
+            return dict(zip(wanted, executor.map(events_of, wanted), strict=True))
+
     # ------------------------------------------------------------------ connection test
 
     def connect(self) -> str:

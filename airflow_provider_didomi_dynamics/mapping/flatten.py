@@ -452,10 +452,11 @@ def _flag_column(values_column: str, preference: _Preference, value_id: str, pat
 
 
 def _to_pandas(chunked: pa.ChunkedArray, type_: pa.DataType) -> Any:
+    # The dtypes' own Arrow converters (pandas API; the stubs leave them out): no copy through NumPy objects.
     if type_ is _BOOL:
-        return BOOLEAN_DTYPE.__from_arrow__(chunked)
+        return BOOLEAN_DTYPE.__from_arrow__(chunked)  # type: ignore[attr-defined]
     if type_ is _STRING:
-        return STRING_DTYPE.__from_arrow__(chunked)
+        return STRING_DTYPE.__from_arrow__(chunked)  # type: ignore[attr-defined]
     return pd.Series(chunked.to_pandas(), copy=False).astype(TIMESTAMP_DTYPE).array
 
 

@@ -42,11 +42,16 @@ class InputRow:
 
 @dataclass(frozen=True, slots=True)
 class PlannedWrite:
-    """A row to write: ``changes`` are the columns that differ (all non-null ones for a create)."""
+    """A row to write: ``changes`` are the columns that differ (all non-null ones for a create).
+
+    ``contested_since``: a person changed the contact at that moment, before Didomi's latest update of the user;
+    which of the two is newer is decided per field from Didomi's event history before writing (``conflicts.py``).
+    """
 
     row: InputRow
     changes: Mapping[str, Any]
     contactid: str | None = None
+    contested_since: dt.datetime | None = None
 
 
 @dataclass
@@ -251,14 +256,19 @@ def _instant(value: Any) -> dt.datetime | None:
     return (moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")).to_pydatetime()
 
 
-def _changed_later_in_dynamics(contact: Mapping[str, Any], updated_at: Any, own_user_id: str | None) -> str | None:
-    """The skip reason when a person (not this integration) changed the contact after Didomi changed the user."""
+def _person_change(contact: Mapping[str, Any], own_user_id: str | None) -> dt.datetime | None:
+    """When a person (not this integration) last changed the contact; None when we wrote last or cannot tell."""
     if own_user_id is None:
         return None
     modified_by = str(contact.get("_modifiedby_value") or "").lower()
     if not modified_by or modified_by == own_user_id.lower():
         return None
-    contact_moment, didomi_moment = _instant(contact.get("modifiedon")), _instant(updated_at)
+    return _instant(contact.get("modifiedon"))
+
+
+def _changed_later_in_dynamics(contact_moment: dt.datetime | None, updated_at: Any) -> str | None:
+    """The skip reason when a person changed the contact after Didomi changed the user."""
+    didomi_moment = _instant(updated_at)
     if contact_moment is None or didomi_moment is None or contact_moment <= didomi_moment:
         return None
     return (
@@ -279,7 +289,8 @@ def plan_push(
     """Sort rows into updates (changed columns only), creates (upsert mode), unchanged and skipped.
 
     With ``own_user_id`` the conflict rule applies: a contact that someone else changed after Didomi's
-    ``updated_at`` keeps its values (the newer change wins; the reverse sync then carries it to Didomi).
+    ``updated_at`` keeps its values (the newer change wins; the reverse sync then carries it to Didomi); one that
+    someone else changed before it is marked ``contested_since`` for the per-field check.
     """
     plan = PushPlan()
     for row in rows:
@@ -289,11 +300,12 @@ def plan_push(
         contact = existing.get(row.key)
         if contact is not None:
             changes = changes_for(contact, row.values, null_values)
-            changed_later = _changed_later_in_dynamics(contact, row.updated_at, own_user_id) if changes else None
+            person_changed = _person_change(contact, own_user_id) if changes else None
+            changed_later = _changed_later_in_dynamics(person_changed, row.updated_at)
             if changed_later:
                 plan.skipped.append((row, changed_later))
             elif changes:
-                plan.updates.append(PlannedWrite(row, changes, str(contact["contactid"])))
+                plan.updates.append(PlannedWrite(row, changes, str(contact["contactid"]), person_changed))
             else:
                 plan.unchanged.append(row)
         elif upsert_mode:

@@ -14,7 +14,7 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,6 +25,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_didomi_dynamics.config import IntegrationConfig, load_config
+from airflow_provider_didomi_dynamics.conflicts import columns_the_contact_keeps
 from airflow_provider_didomi_dynamics.errors import ApiError, DidomiDynamicsError
 from airflow_provider_didomi_dynamics.hooks.dataverse import (
     AmbiguousWriteError,
@@ -33,6 +34,7 @@ from airflow_provider_didomi_dynamics.hooks.dataverse import (
     key_path_is_safe,
     odata_string,
 )
+from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
 from airflow_provider_didomi_dynamics.operators.contact_diff import (
     InputRow,
     PlannedWrite,
@@ -60,6 +62,7 @@ _NOT_ROW_ERRORS = frozenset({401, 403, 405, 429})
 _MAX_CREATE_ATTEMPTS = 4
 
 TaskKind = Literal["lookup", "update", "create", "upsert"]
+EventHistory = Callable[[Sequence[str]], Mapping[str, "list[dict[str, Any]] | Exception"]]
 
 
 @dataclass(frozen=True)
@@ -114,8 +117,17 @@ class ContactPusher:
     request count and server time are spread evenly instead of coming in two bursts.
     """
 
-    def __init__(self, hook: DataverseHook, config: IntegrationConfig, options: PushOptions | None = None) -> None:
+    def __init__(
+        self,
+        hook: DataverseHook,
+        config: IntegrationConfig,
+        options: PushOptions | None = None,
+        event_history: EventHistory | None = None,
+    ) -> None:
         self.hook = hook
+        # Didomi's consent events per key, for rows a person changed before Didomi's latest update (see _contested)
+        self.event_history = event_history
+        self.field_of_column = {m.attribute: m.value for m in config.forward_mappings if m.direction.reverse}
         self.config = config
         self.options = options or PushOptions()
         if self.options.batch_size < 1:
@@ -123,6 +135,7 @@ class ContactPusher:
         self.key_attribute = config.contact_key_attribute
         self.attributes = [m.attribute for m in config.forward_mappings]
         self.failed_inputs: list[dict[str, Any]] = []
+        self.deferred_inputs: list[dict[str, Any]] = []  # skipped now, retried by the next run
         self.unavailable: list[str] = []
         self._headers = self.options.headers()
         self._by_key = False
@@ -323,7 +336,47 @@ class ContactPusher:
             upsert_mode=self.config.upsert_mode,
             own_user_id=self.hook.user_id or None,
         )
-        return _TaskResult(plan=plan)
+        return _TaskResult(plan=plan, done=self._contested(plan))
+
+    def _contested(self, plan: PushPlan) -> list[tuple[PlannedWrite, Outcome, str]]:
+        """Per-field conflict rule for updates of contacts a person changed before Didomi's latest update.
+
+        When a two-way column the person changed is newer than Didomi's last change of its field, the whole row
+        waits: writing any column would make the integration the contact's last modifier and hide the person's
+        change from the reverse sync, which sends it first. Didomi's newer fields are written by a later run (the
+        row is kept in the retry queue). Returns the rows whose history could not be read (failed, retried)."""
+        if self.event_history is None or not self.field_of_column:
+            return []
+        contested = [w for w in plan.updates if w.contested_since is not None]
+        if not contested:
+            return []
+        histories = self.event_history([w.row.key for w in contested])
+        waiting: set[int] = set()
+        failed: list[tuple[PlannedWrite, Outcome, str]] = []
+        for write in contested:
+            events = histories.get(write.row.key, [])
+            if isinstance(events, Exception):
+                failed.append((write, Outcome.FAILED, f"could not read Didomi's event history: {events}"))
+                waiting.add(id(write))
+                continue
+            assert write.contested_since is not None
+            kept = columns_the_contact_keeps(write.changes, self.field_of_column, events, write.contested_since)
+            if not kept:
+                continue
+            waiting.add(id(write))
+            didomi_later = sorted(set(write.changes) - set(kept))
+            reason = (
+                f"Dynamics changed later for {', '.join(sorted(kept))} (modifiedon "
+                f"{write.contested_since.isoformat()}, after Didomi last changed those fields); the reverse sync "
+                "sends the contact's values first"
+            )
+            if didomi_later:
+                reason += f", then a later run writes Didomi's newer {', '.join(didomi_later)}"
+                self.deferred_inputs.append(write.row.as_retry_row(reason))
+            plan.skipped.append((write.row, reason))
+        if waiting:
+            plan.updates = [w for w in plan.updates if id(w) not in waiting]
+        return failed
 
     def _send(self, task: _Task) -> _TaskResult:
         if task.kind == "update":
@@ -381,8 +434,11 @@ class ContactPusher:
     def _created_by_this_run(self, contact: Mapping[str, Any]) -> bool:
         own = (self.hook.user_id or "").lower()
         creator = str(contact.get("_createdby_value") or "").lower()
-        created = pd.to_datetime(contact.get("createdon"), utc=True, errors="coerce")
-        return bool(own) and creator == own and not pd.isna(created) and created >= self._created_after
+        createdon = contact.get("createdon")
+        if not own or creator != own or not isinstance(createdon, str):
+            return False
+        created = pd.to_datetime(createdon, utc=True, errors="coerce")
+        return not pd.isna(created) and created >= self._created_after
 
     def _on_error(self, task: _Task, err: ApiError) -> _TaskResult:
         if err.status_code >= 500 or err.status_code == 429:
@@ -446,7 +502,9 @@ class DataversePushContactsOperator(BaseOperator):
     application user needs the privilege), ``dry_run`` (plan only: counts and a sample of the changes),
     ``failure_threshold_rows`` / ``failure_threshold_percent`` (after writing everything, fail the task when more
     rows failed), ``use_alternate_key`` (None: UpsertMultiple by key when an Active alternate key exists on the key
-    attribute, else CreateMultiple after a re-lookup).
+    attribute, else CreateMultiple after a re-lookup), ``didomi_conn_id`` (turns on the per-field conflict rule:
+    Didomi's event history decides, for a contact a person changed before Didomi's latest update, which side changed
+    each two-way field last; see ``conflicts.py``).
     """
 
     template_fields: Sequence[str] = (
@@ -461,6 +519,7 @@ class DataversePushContactsOperator(BaseOperator):
         "failure_threshold_percent",
         "bypass_business_logic",
         "bypass_flows",
+        "didomi_conn_id",
     )
     ui_color = "#e3f2fd"
 
@@ -480,9 +539,11 @@ class DataversePushContactsOperator(BaseOperator):
         failure_threshold_rows: int | str | None = None,
         failure_threshold_percent: float | str | None = None,
         use_alternate_key: bool | None = None,
+        didomi_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.didomi_conn_id = didomi_conn_id
         self.contacts = contacts
         self.config = config
         self.dataverse_conn_id = dataverse_conn_id
@@ -520,12 +581,16 @@ class DataversePushContactsOperator(BaseOperator):
         if retry_rows is None and self.retry_previous_failures and ti is not None:
             queue = RetryQueue.for_task(ti, hook.settings.instance_url)
             retry_rows = queue.read() if queue is not None else None
+        didomi = DidomiHook(self.didomi_conn_id) if self.didomi_conn_id else None
         try:
-            pusher = ContactPusher(hook, config, options)
+            history = didomi.event_histories if didomi is not None else None
+            pusher = ContactPusher(hook, config, options, event_history=history)
             report = pusher.run(self.contacts, retry_rows)
         finally:
             hook.close()
-        failed_rows = [] if options.dry_run else plain_rows(pusher.failed_inputs)
+            if didomi is not None:
+                didomi.close()
+        failed_rows = [] if options.dry_run else plain_rows([*pusher.failed_inputs, *pusher.deferred_inputs])
         if ti is not None and not options.dry_run:
             ti.xcom_push(key=FAILED_ROWS_XCOM_KEY, value=failed_rows)
             if queue is not None:

@@ -13,7 +13,6 @@ import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pandas as pd
@@ -399,7 +398,7 @@ class DidomiPushConsentsOperator(BaseOperator):
                 failed.append(row)
                 continue
             self._plan(row, current.get(row.key), known, planned, report, failed)
-        history = self._event_history(hook, [row.target for row, _ in both_changed])
+        history = hook.event_histories(row.target for row, _ in both_changed) if both_changed else {}
         for row, didomi_updated in both_changed:
             self._resolve_conflict(row, didomi_updated, history.get(row.target), report, failed)
             if row.changes:
@@ -449,22 +448,6 @@ class DidomiPushConsentsOperator(BaseOperator):
         if row.modifiedon is not None:
             event["created_at"] = _iso(row.modifiedon)  # the consent was given when the contact changed
         planned.append((row, event))
-
-    @staticmethod
-    def _event_history(hook: DidomiHook, targets: list[str]) -> dict[str, list[dict[str, Any]] | Exception]:
-        """The consent events of each user whose change races a contact change (only those: one request each)."""
-        wanted = list(dict.fromkeys(targets))
-        if not wanted:
-            return {}
-
-        def events_of(target: str) -> list[dict[str, Any]] | Exception:
-            try:
-                return hook.list_events(target)
-            except Exception as err:  # that row fails and is retried; the others go on
-                return err
-
-        with ThreadPoolExecutor(max_workers=hook.max_workers, thread_name_prefix="didomi-history") as executor:
-            return dict(zip(wanted, executor.map(events_of, wanted), strict=True))
 
     def _resolve_conflict(
         self,

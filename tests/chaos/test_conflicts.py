@@ -88,6 +88,38 @@ def test_different_fields_changed_on_each_side_keep_both_changes(campaign: Any) 
         assert purpose(after, "marketing")["enabled"] is False, "the person's marketing opt-out never reached Didomi"
 
 
+def test_different_fields_changed_on_each_side_keep_both_changes_when_the_forward_dag_runs_first(
+    campaign: Any,
+) -> None:
+    """The same two changes, but the forward DAG runs first: it must not overwrite the person's opt-out with Didomi's
+    older marketing value, nor write the row at all (that would hide the person's change from the reverse DAG)."""
+    with campaign.use(campaign.reference, world([user(KEY)], [{"emailaddress1": KEY}])):
+        pair = start(campaign)
+        edit(pair, KEY, followemail=False)
+        didomi_change(pair, KEY, {"channels": [{"id": "email", "enabled": False}]})
+
+        first = forward(campaign)
+        assert first.state == "success", first.task_states
+        [waiting] = first.value("push_contacts")["skipped"]
+        assert waiting["key"] == KEY
+        assert waiting["reason"].startswith("Dynamics changed later for followemail"), waiting["reason"]
+        assert "then a later run writes Didomi's newer donotemail" in waiting["reason"]
+        assert contact_row(pair, KEY)["followemail"] is False
+
+        assert reverse(campaign).state == "success"
+        second = forward(campaign)
+        assert second.state == "success"
+        assert second.value("push_contacts")["counts"]["updated"] == 1
+        assert reverse(campaign).state == "success"
+
+        after = didomi_user(pair, KEY)
+        row = contact_row(pair, KEY)
+        assert channel(after, "email")["enabled"] is False, "Didomi's own change was lost in Didomi"
+        assert row["donotemail"] is True, "Didomi's change did not reach Dynamics"
+        assert row["followemail"] is False, "the person's marketing opt-out in Dynamics was overwritten"
+        assert purpose(after, "marketing")["enabled"] is False, "the person's marketing opt-out never reached Didomi"
+
+
 def test_a_contact_change_survives_a_forward_full_sync_that_runs_before_the_reverse_one(campaign: Any) -> None:
     """Both DAGs run on their own schedules: the forward DAG may run first after a person changed a contact. Didomi
     did not change since, so the person's change is the newer one and must reach Didomi, not be overwritten."""

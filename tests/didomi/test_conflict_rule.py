@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow_provider_didomi_dynamics.conflicts import field_change_times, fields_didomi_changed_after
+from airflow_provider_didomi_dynamics.conflicts import (
+    columns_the_contact_keeps,
+    field_change_times,
+    fields_didomi_changed_after,
+)
 
 CONTACT_CHANGED = dt.datetime(2026, 9, 1, 12, 0, tzinfo=dt.timezone.utc)
 EMAIL = "consents_channels_email_enabled"
@@ -52,3 +56,10 @@ def test_without_a_later_event_the_history_cannot_tell_and_didomi_keeps_every_fi
     assert fields_didomi_changed_after([EMAIL], [], CONTACT_CHANGED) is None
     undated = [{"consents": {"channels": [{"id": "email", "enabled": False}]}}]
     assert fields_didomi_changed_after([EMAIL], undated, CONTACT_CHANGED) is None
+
+
+def test_forward_side_keeps_the_two_way_columns_didomi_did_not_change_after_the_person() -> None:
+    field_of_column = {"donotemail": EMAIL, "followemail": MARKETING}  # two-way mappings only
+    kept = columns_the_contact_keeps(["donotemail", "followemail", "oneway"], field_of_column, HISTORY, CONTACT_CHANGED)
+    assert kept == ["followemail"]  # email changed in Didomi later; "oneway" always takes Didomi's value
+    assert columns_the_contact_keeps(["followemail"], field_of_column, HISTORY[:1], CONTACT_CHANGED) == []

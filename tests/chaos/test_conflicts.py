@@ -66,6 +66,16 @@ def test_same_field_changed_later_in_dynamics_sends_the_contacts_value(campaign:
         assert contact_row(pair, KEY)["new_newsletterfrequency"] == "daily"
 
 
+def assert_both_changes_kept(pair: Any) -> None:
+    """The person's marketing opt-out (Dynamics) and the e-mail refusal (Didomi) hold on both systems."""
+    after = didomi_user(pair, KEY)
+    row = contact_row(pair, KEY)
+    assert channel(after, "email")["enabled"] is False, "Didomi's own change was lost in Didomi"
+    assert row["donotemail"] is True, "Didomi's change did not reach Dynamics"
+    assert row["followemail"] is False, "the person's marketing opt-out in Dynamics was overwritten"
+    assert purpose(after, "marketing")["enabled"] is False, "the person's marketing opt-out never reached Didomi"
+
+
 def test_different_fields_changed_on_each_side_keep_both_changes(campaign: Any) -> None:
     """A person unsubscribes from marketing in Dynamics; later the same person refuses e-mail in Didomi.
 
@@ -80,12 +90,7 @@ def test_different_fields_changed_on_each_side_keep_both_changes(campaign: Any) 
         assert forward(campaign).state == "success"
         assert reverse(campaign).state == "success"
 
-        after = didomi_user(pair, KEY)
-        row = contact_row(pair, KEY)
-        assert channel(after, "email")["enabled"] is False, "Didomi's own change was lost in Didomi"
-        assert row["donotemail"] is True, "Didomi's change did not reach Dynamics"
-        assert row["followemail"] is False, "the person's marketing opt-out in Dynamics was overwritten"
-        assert purpose(after, "marketing")["enabled"] is False, "the person's marketing opt-out never reached Didomi"
+        assert_both_changes_kept(pair)
 
 
 def test_different_fields_changed_on_each_side_keep_both_changes_when_the_forward_dag_runs_first(
@@ -112,12 +117,7 @@ def test_different_fields_changed_on_each_side_keep_both_changes_when_the_forwar
         assert second.value("push_contacts")["counts"]["updated"] == 1
         assert reverse(campaign).state == "success"
 
-        after = didomi_user(pair, KEY)
-        row = contact_row(pair, KEY)
-        assert channel(after, "email")["enabled"] is False, "Didomi's own change was lost in Didomi"
-        assert row["donotemail"] is True, "Didomi's change did not reach Dynamics"
-        assert row["followemail"] is False, "the person's marketing opt-out in Dynamics was overwritten"
-        assert purpose(after, "marketing")["enabled"] is False, "the person's marketing opt-out never reached Didomi"
+        assert_both_changes_kept(pair)
 
 
 def test_a_contact_change_survives_a_forward_full_sync_that_runs_before_the_reverse_one(campaign: Any) -> None:

@@ -32,11 +32,15 @@ def test_entry_point_returns_provider_info() -> None:
 
 def test_providers_manager_lists_both_connection_types_with_forms() -> None:
     from airflow.providers_manager import ProvidersManager
-    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
     manager = ProvidersManager()
     assert "airflow-provider-didomi-dynamics" in manager.providers
-    hooks = ProvidersManagerTaskRuntime().hooks  # where tasks find hooks on Airflow 3
+    try:  # where tasks find hooks since Airflow 3.2; ProvidersManager.hooks before
+        from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
+        hooks = ProvidersManagerTaskRuntime().hooks
+    except ImportError:
+        hooks = manager.hooks
     assert hooks["didomi"] is not None and hooks["didomi"].hook_class_name.endswith("DidomiHook")
     assert hooks["dataverse"] is not None and hooks["dataverse"].connection_type == "dataverse"
     widgets = manager.connection_form_widgets

@@ -35,7 +35,7 @@ def test_providers_manager_lists_both_connection_types_with_forms() -> None:
 
     manager = ProvidersManager()
     assert "airflow-provider-didomi-dynamics" in manager.providers
-    try:  # where tasks find hooks since Airflow 3.2; ProvidersManager.hooks before
+    try:  # where tasks find hooks on recent Airflow 3 releases; older ones only have ProvidersManager.hooks
         from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
         hooks = ProvidersManagerTaskRuntime().hooks

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import requests
@@ -40,6 +40,7 @@ MAX_EVENTS_PER_REQUEST = 100
 DEFAULT_TOKEN_LIFETIME_S = 55 * 60.0  # tokens last an hour; without a readable exp, renew a little earlier
 DEFAULT_TIMEOUT_S = 120.0
 _SPLITTABLE = frozenset({400, 404, 409, 413, 422})
+T = TypeVar("T")
 
 _decoder = msgspec.json.Decoder()
 
@@ -441,22 +442,17 @@ class DidomiHook(HttpHook):
         The API has no batch read, but ``/consents/*`` routes are not rate limited, so ``max_workers`` lookups
         run at once over the pooled connections.
         """
+        users = self._each(organization_user_ids, self.get_user, "didomi-get-users")
+        return {org_user_id: user for org_user_id, user in users.items() if user is not None}
+
+    def _each(self, organization_user_ids: Iterable[str], fetch: Callable[[str], T], name: str) -> dict[str, T]:
+        """``fetch`` for each distinct id, ``max_workers`` at a time, sharing one token."""
         wanted = list(dict.fromkeys(i for i in organization_user_ids if isinstance(i, str) and i))
-        if not wanted:
-            return {}
-        found: dict[str, dict[str, Any]] = {}
-        if len(wanted) == 1 or self.max_workers == 1:
-            for org_user_id in wanted:
-                user = self.get_user(org_user_id)
-                if user is not None:
-                    found[org_user_id] = user
-            return found
+        if len(wanted) <= 1 or self.max_workers == 1:
+            return {org_user_id: fetch(org_user_id) for org_user_id in wanted}
         self._current_token()  # one token for all workers, before they start
-        with ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="didomi-get-users") as executor:
-            for org_user_id, user in zip(wanted, executor.map(self.get_user, wanted), strict=True):
-                if user is not None:
-                    found[org_user_id] = user
-        return found
+        with ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix=name) as executor:
+            return dict(zip(wanted, executor.map(fetch, wanted), strict=True))
 
     # ------------------------------------------------------------------ events
 
@@ -549,9 +545,6 @@ class DidomiHook(HttpHook):
     def event_histories(self, organization_user_ids: Iterable[str]) -> dict[str, list[dict[str, Any]] | Exception]:
         """The events of several users, fetched in parallel like ``get_users``; a user whose events cannot be read
         maps to the error (the caller fails that row alone)."""
-        wanted = list(dict.fromkeys(i for i in organization_user_ids if isinstance(i, str) and i))
-        if not wanted:
-            return {}
 
         def events_of(org_user_id: str) -> list[dict[str, Any]] | Exception:
             try:
@@ -559,11 +552,7 @@ class DidomiHook(HttpHook):
             except (DidomiDynamicsError, requests.RequestException) as err:
                 return err
 
-        if len(wanted) == 1 or self.max_workers == 1:
-            return {org_user_id: events_of(org_user_id) for org_user_id in wanted}
-        self._current_token()  # one token for all workers, before they start
-        with ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="didomi-events") as executor:
-            return dict(zip(wanted, executor.map(events_of, wanted), strict=True))
+        return self._each(organization_user_ids, events_of, "didomi-events")
 
     # ------------------------------------------------------------------ connection test
 

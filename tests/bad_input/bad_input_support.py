@@ -3,23 +3,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import requests
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-if str(BENCHMARKS) not in sys.path:
-    sys.path.insert(0, str(BENCHMARKS))
-
-import chaos as engine  # noqa: E402
-
-if Path(engine.__file__).resolve().parent != BENCHMARKS:
-    raise ImportError(f"expected the campaign engine in {BENCHMARKS}, imported {engine.__file__}")
-engine.isolate_airflow_database()
+from campaign_engine import engine
 
 HTML_ERROR_PAGE = (
     b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"

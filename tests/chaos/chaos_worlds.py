@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from chaos_engine import engine
+from campaign_engine import engine
 
 user = engine.consent_user
 world = engine.hand_world

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chaos_engine import engine
+from campaign_engine import engine
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from chaos_engine import engine
+from campaign_engine import engine
 
 SEEDS = (202, 206, 209)
 # Every kind of fault, as the scenarios report them (server-side statuses by code, client-side ones by name).

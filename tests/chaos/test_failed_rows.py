@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from chaos_engine import engine
+from campaign_engine import engine
 from chaos_worlds import contact_row, didomi_user, edit, purpose, user, world
 
 Scheduled = Callable[[str, dict[str, Any]], Any]

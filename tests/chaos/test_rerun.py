@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from chaos_engine import engine
+from campaign_engine import engine
 from chaos_worlds import contact_row, edit, forward, reverse, user, world
 
 

@@ -3,25 +3,14 @@ request the hooks send (URL, headers, body, TLS ``verify``), taken where request
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import requests
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-if str(BENCHMARKS) not in sys.path:
-    sys.path.insert(0, str(BENCHMARKS))
-
-import chaos as engine  # noqa: E402  (benchmarks/chaos.py: emulator pairs, worlds, DAG runs)
-
-if Path(engine.__file__).resolve().parent != BENCHMARKS:
-    raise ImportError(f"expected the campaign engine in {BENCHMARKS}, imported {engine.__file__}")
-engine.isolate_airflow_database()
+from campaign_engine import engine
 
 
 @dataclass

@@ -268,8 +268,10 @@ def _person_change(contact: Mapping[str, Any], own_user_id: str | None) -> dt.da
 
 def _changed_later_in_dynamics(contact_moment: dt.datetime | None, updated_at: Any) -> str | None:
     """The skip reason when a person changed the contact after Didomi changed the user."""
+    if contact_moment is None:  # most rows: we wrote the contact last; spare the timestamp parsing
+        return None
     didomi_moment = _instant(updated_at)
-    if contact_moment is None or didomi_moment is None or contact_moment <= didomi_moment:
+    if didomi_moment is None or contact_moment <= didomi_moment:
         return None
     return (
         f"Dynamics changed later (modifiedon {contact_moment.isoformat()} after Didomi's updated_at "

@@ -437,6 +437,7 @@ class DataverseApp:
                 return self._finish(Response.error(exc), None)
         request = Request(method, m.group(2), query, headers, body, base, caller)
         response = Response(500)
+        started = time.monotonic()
         try:
             response = self.dispatch(request)
         finally:
@@ -446,7 +447,9 @@ class DataverseApp:
                 if response.extra_requests:
                     throttle.add_requests(user_id, response.extra_requests)
                 if settings.sleep_execution and charge > 0:
-                    await asyncio.sleep(charge / 1000.0 * settings.time_scale)
+                    # The charge is the request's whole server time: the emulator's own work is part of it.
+                    spent = time.monotonic() - started
+                    await asyncio.sleep(max(0.0, charge / 1000.0 * settings.time_scale - spent))
                 throttle.leave(user_id, charge)
         return self._finish(response, user_id)
 

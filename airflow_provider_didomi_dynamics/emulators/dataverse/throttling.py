@@ -34,8 +34,9 @@ class ServiceProtection:
     Dataverse: 6,000 requests and 1,200,000 ms execution time per 300 s, 52 concurrent. Here: 100 requests and
     20,000 ms per 5 s (the same 20 requests/s and 4,000 ms/s), 52 concurrent. ``request_cost_ms`` and
     ``record_cost_ms`` are the simulated server time charged per request and per record written;
-    ``read_record_cost_ms`` per record returned by a query. With ``sleep_execution`` the response is delayed by the
-    charged time, so the concurrency limit and ``x-ms-dop-hint`` matter for throughput.
+    ``read_record_cost_ms`` per record returned by a query. With ``sleep_execution`` the request takes the charged time
+    in all (the emulator's own work counts toward it, as Dataverse's does), so the concurrency limit and
+    ``x-ms-dop-hint`` matter for throughput.
     """
 
     window_s: float = 5.0

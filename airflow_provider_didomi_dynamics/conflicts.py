@@ -13,18 +13,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from airflow_provider_didomi_dynamics.mapping.flatten import flatten_user
+from airflow_provider_didomi_dynamics.windows import utc_or_none
 
 CONSENT_PREFIX = "consents_"
-
-
-def _moment(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
 
 
 def field_change_times(events: Iterable[Mapping[str, Any]]) -> dict[str, dt.datetime]:
@@ -35,7 +26,7 @@ def field_change_times(events: Iterable[Mapping[str, Any]]) -> dict[str, dt.date
     """
     times: dict[str, dt.datetime] = {}
     for event in events:
-        at = _moment(event.get("created_at")) or _moment(event.get("updated_at"))
+        at = utc_or_none(event.get("created_at")) or utc_or_none(event.get("updated_at"))
         consents = event.get("consents")
         if at is None or not isinstance(consents, Mapping):
             continue

@@ -50,15 +50,20 @@ def describe_body(response: requests.Response, limit: int = 200) -> str:
     return f"a body that is not valid JSON ({text!r})"
 
 
+def bad_body(service: str, response: requests.Response) -> BadResponseError:
+    """The error for a success status whose body is not the JSON we expected: says what came back instead."""
+    return BadResponseError(
+        f"{service} answered {response.status_code} to {response.request.method if response.request else '?'} "
+        f"{_path_only(response.url)} with {describe_body(response)}"
+    )
+
+
 def parse_json(service: str, response: requests.Response) -> Any:
     """Decode a JSON body or raise an error that says what came back instead."""
     try:
         return response.json()
     except (ValueError, json.JSONDecodeError):
-        raise BadResponseError(
-            f"{service} answered {response.status_code} to {response.request.method if response.request else '?'} "
-            f"{_path_only(response.url)} with {describe_body(response)}"
-        ) from None
+        raise bad_body(service, response) from None
 
 
 def error_from_response(service: str, response: requests.Response) -> ApiError:

@@ -378,9 +378,7 @@ def preflight_task(
     from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
 
     config = load_config(config_source)
-    dataverse = (
-        DataverseHook(dataverse_conn_id) if dataverse_conn_id else DataverseHook.from_config(config.authentication)
-    )
+    dataverse = DataverseHook.for_config(dataverse_conn_id, config)
     try:
         report = run_preflight(
             config,
@@ -503,7 +501,7 @@ def _dataverse_connection_problem(hook: Any, err: BaseException) -> str:
         )
     if isinstance(err, ValueError):
         return f"Airflow connection {conn_id!r} is incomplete: {err}. Fill in the missing fields and run again."
-    if name == "DataverseAuthError" and "cannot reach" in str(err):
+    if name == "DataverseAuthError" and getattr(err, "unreachable", False):
         return (
             f"{err}. The token service is out of reach: check extra authority_host of connection {conn_id!r} "
             "(sovereign clouds use another host), extra ca_bundle for a private CA, and the network or proxy route "
@@ -544,17 +542,13 @@ def gather_dataverse(hook: Any, config: IntegrationConfig, check_webhook: bool) 
     """Every Dataverse answer the checks need; one failed read never hides the others."""
     facts = DataverseFacts()
     try:
-        hook.access_token()
-        me = hook.who_am_i()
+        connected_as = hook.connect()
+        user_id = hook.user_id  # who_am_i (in connect) cached it, lower-cased
     except Exception as err:  # any failure here is reported, in words, as the connection check
         facts.connection_error = _dataverse_connection_problem(hook, err)
         return facts
-    facts.user_id = str(me.get("UserId") or "").lower()
-    try:
-        instance = hook.settings.instance_url
-    except Exception:  # pragma: no cover - settings were read for the token already
-        instance = "Dataverse"
-    facts.connected_as = f"Connected to {instance} as application user {facts.user_id}"
+    facts.user_id = user_id
+    facts.connected_as = connected_as
 
     def attempt(what: str, fetch: Callable[[], None]) -> None:
         try:

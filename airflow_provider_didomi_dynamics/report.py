@@ -55,6 +55,11 @@ class RunReport:
     def add(self, key: str, outcome: Outcome, reason: str = "", changes: dict[str, Any] | None = None) -> None:
         self.rows.append(RowResult(key, outcome, reason, changes or {}))
 
+    def note_retried(self, keys: list[str]) -> None:
+        """Rows read back from the retry queue: they are in this report too, on top of the run's own input."""
+        self.extra["retried_from_earlier_runs"] = len(keys)
+        self.extra["retried_keys"] = keys
+
     @property
     def counts(self) -> dict[str, int]:
         counter = Counter(r.outcome.value for r in self.rows)

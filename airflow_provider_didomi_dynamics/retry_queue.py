@@ -21,6 +21,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 VARIABLE_PREFIX = "didomi_dynamics_retry"
+FAILED_ROWS_XCOM_KEY = "failed_rows"
 
 
 def queue_key(dag_id: str, task_id: str, target: str, map_index: int = -1) -> str:
@@ -122,3 +123,11 @@ def forget_retry_queues() -> int:
     with create_session() as session:
         result = session.execute(delete(VariableModel).where(VariableModel.key.like(f"{VARIABLE_PREFIX}.%")))
         return int(getattr(result, "rowcount", 0) or 0)
+
+
+def hand_over(ti: Any, queue: RetryQueue | None, rows: Sequence[dict[str, Any]]) -> None:
+    """The rows a run could not write: XCom ``failed_rows`` for people to read, the queue for the next run."""
+    plain = plain_rows(rows)
+    ti.xcom_push(key=FAILED_ROWS_XCOM_KEY, value=plain)
+    if queue is not None:
+        queue.replace(plain)

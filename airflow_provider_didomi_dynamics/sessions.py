@@ -31,3 +31,14 @@ class PinnedVerifySession(requests.Session):
 def verify_setting(ca_bundle: str | None) -> bool | str:
     """``verify`` for requests: the private CA file when one is configured, else the system trust store."""
     return ca_bundle if ca_bundle else True
+
+
+def mask_secret(value: str) -> None:
+    """Register a value with Airflow's secret masker so it never appears in task logs."""
+    if not value:
+        return
+    try:
+        from airflow.sdk.log import mask_secret as _mask
+    except ImportError:  # pragma: no cover - Airflow 3.0 layout
+        from airflow.sdk.execution_time.secrets_masker import mask_secret as _mask  # type: ignore[no-redef]
+    _mask(value)

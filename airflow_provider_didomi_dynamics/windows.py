@@ -63,6 +63,17 @@ def parse_instant(value: Any, name: str) -> dt.datetime | None:
     return moment.astimezone(dt.timezone.utc)
 
 
+def utc_or_none(text: Any) -> dt.datetime | None:
+    """An API's ISO 8601 timestamp as an aware datetime (naive means UTC); None when absent or unreadable."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.timezone.utc)
+
+
 def resolve_window(
     context: Mapping[str, Any] | None,
     *,

@@ -49,6 +49,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_TEMPLATE = ROOT / "dags" / "config" / "demo.json"
+CONFIG_TEMPLATE_TEXT = CONFIG_TEMPLATE.read_text()  # read once; parsed afresh for every environment
 FORWARD = "didomi_to_dynamics"
 REVERSE = "dynamics_to_didomi"
 PURPOSES: dict[str, dict[str, list[str]]] = {
@@ -392,7 +393,7 @@ class Pair:
         if self.client_timeout_s is not None:
             dataverse_extra["timeout"] = self.client_timeout_s
             didomi_extra["timeout"] = self.client_timeout_s
-        config = json.loads(CONFIG_TEMPLATE.read_text())
+        config = json.loads(CONFIG_TEMPLATE_TEXT)
         config["authentication"] = {
             "client_id": endpoints["client_id"],
             "client_secret": endpoints["client_secret"],

@@ -62,15 +62,9 @@ def start_emulator(state_dir: Path, users: int, latency_ms: float) -> tuple[subp
 
 def run_provider(endpoints: dict[str, Any]) -> dict[str, Any]:
     """The operator path, as a task would run it (connection from AIRFLOW_CONN_DIDOMI_DEFAULT)."""
-    os.environ["AIRFLOW_CONN_DIDOMI_DEFAULT"] = json.dumps(
-        {
-            "conn_type": "didomi",
-            "host": endpoints["didomi_url"],
-            "login": endpoints["didomi_key"],
-            "password": endpoints["didomi_secret"],
-            "extra": {"organization_id": endpoints["organization_id"], "ca_bundle": endpoints["ca_file"]},
-        }
-    )
+    from airflow_provider_didomi_dynamics.emulators.runner import connection_env
+
+    os.environ["AIRFLOW_CONN_DIDOMI_DEFAULT"] = connection_env(endpoints)["AIRFLOW_CONN_DIDOMI_DEFAULT"]
     from airflow_provider_didomi_dynamics.operators.didomi import DidomiPullConsentsOperator
 
     operator = DidomiPullConsentsOperator(task_id="pull_consents", full_sync=True)

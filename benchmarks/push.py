@@ -49,6 +49,7 @@ from airflow_provider_didomi_dynamics.emulators.dataverse.throttling import (
     ServiceProtection,
     theoretical_max_records_per_s,
 )
+from airflow_provider_didomi_dynamics.emulators.runner import connection_env
 
 SCALE = 300
 LATENCY_MS = 20.0
@@ -200,19 +201,8 @@ def main() -> int:
 def run(endpoints: dict[str, Any], rows: int, existing: int, baseline_rows: int) -> int:
     from airflow_provider_didomi_dynamics.operators.dataverse import DataversePushContactsOperator
 
-    os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(
-        {
-            "conn_type": "dataverse",
-            "host": endpoints["dataverse_url"],
-            "login": endpoints["client_id"],
-            "password": endpoints["client_secret"],
-            "extra": {
-                "tenant_id": endpoints["tenant_id"],
-                "authority_host": endpoints["authority_host"],
-                "ca_bundle": endpoints["ca_file"],
-            },
-        }
-    )
+    # The default connection's JSON, under the benchmark's own conn id.
+    os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = connection_env(endpoints)["AIRFLOW_CONN_DATAVERSE_DEFAULT"]
     os.environ["AIRFLOW_CONN_DATAVERSE_BENCH_HTTP"] = json.dumps(
         {"conn_type": "http", "host": endpoints["dataverse_url"], "extra": {"verify": endpoints["ca_file"]}}
     )

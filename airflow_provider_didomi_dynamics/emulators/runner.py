@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_didomi_dynamics.emulators.demo_data import DEMO_USERS
 from airflow_provider_didomi_dynamics.emulators.tls import TlsMaterial, generate_tls_material
 
 ENDPOINTS_FILE = "endpoints.json"
@@ -27,7 +28,7 @@ class RunningEmulators(AbstractContextManager["RunningEmulators"]):
     only: str | None = None
     latency_ms: float = 0.0
     seed: str = "empty"
-    demo_users: int = 5000
+    demo_users: int = DEMO_USERS
     dataverse: Any = None
     didomi: Any = None
     tls: TlsMaterial | None = None

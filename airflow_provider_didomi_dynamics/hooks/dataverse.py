@@ -28,7 +28,7 @@ import requests
 from airflow.providers.http.hooks.http import HttpHook
 from requests_toolbelt.adapters.socket_options import TCPKeepAliveAdapter
 
-from airflow_provider_didomi_dynamics.config import Authentication, Secret
+from airflow_provider_didomi_dynamics.config import Authentication, IntegrationConfig, Secret
 from airflow_provider_didomi_dynamics.errors import ApiError, DidomiDynamicsError, error_from_response, parse_json
 from airflow_provider_didomi_dynamics.hooks.dataverse_batch import (
     MAX_BATCH_REQUESTS,
@@ -46,7 +46,7 @@ from airflow_provider_didomi_dynamics.retry import (
     is_untrusted_certificate,
     send_with_retry,
 )
-from airflow_provider_didomi_dynamics.sessions import PinnedVerifySession, verify_setting
+from airflow_provider_didomi_dynamics.sessions import PinnedVerifySession, mask_secret, verify_setting
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,15 @@ _BASE_HEADERS = {"Accept": "application/json", "OData-MaxVersion": "4.0", "OData
 
 
 class DataverseAuthError(DidomiDynamicsError):
-    """Entra ID refused the client credentials, or its discovery document could not be read."""
+    """Entra ID refused the client credentials, or its discovery document could not be read.
+
+    ``unreachable`` is True when Entra ID could not be used at all (no answer, untrusted certificate, a body that is
+    not JSON) rather than refusing the credentials.
+    """
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 class AmbiguousWriteError(DidomiDynamicsError):
@@ -219,17 +227,6 @@ _BULK_SUPPORT: dict[tuple[str, str, str], bool] = {}
 _BULK_LOCK = threading.Lock()
 
 
-def _mask(value: str) -> None:
-    """Register a secret with Airflow's masker so it never reaches a task log."""
-    if not value:
-        return
-    try:
-        from airflow.sdk.log import mask_secret
-    except ImportError:  # pragma: no cover - Task SDK always ships it on Airflow 3
-        return
-    mask_secret(value)
-
-
 def msal_app(settings: DataverseSettings) -> msal.ConfidentialClientApplication:
     """The process-wide msal app for this authority and client: its token cache is what spares token requests.
 
@@ -257,7 +254,9 @@ def msal_app(settings: DataverseSettings) -> msal.ConfidentialClientApplication:
                 **options,
             )
         except (ValueError, requests.RequestException) as err:
-            raise DataverseAuthError(entra_failure("read its discovery document", settings, err)) from None
+            raise DataverseAuthError(
+                entra_failure("read its discovery document", settings, err), unreachable=True
+            ) from None
         _MSAL_APPS[key] = app
         _MSAL_TOKEN_LOCKS[id(app)] = threading.Lock()
         return app
@@ -368,6 +367,12 @@ class DataverseHook(HttpHook):
     # ---- configuration -------------------------------------------------------------------------------------------
 
     @classmethod
+    def for_config(cls, conn_id: str | None, config: IntegrationConfig, **kwargs: Any) -> DataverseHook:
+        """The hook of Airflow connection ``conn_id``, or (``conn_id`` None or empty) one built from the config's
+        ``authentication`` block."""
+        return cls(conn_id, **kwargs) if conn_id else cls.from_config(config.authentication, **kwargs)
+
+    @classmethod
     def from_config(
         cls,
         authentication: Authentication,
@@ -441,7 +446,7 @@ class DataverseHook(HttpHook):
             problems.append("extra tenant_id (the Entra ID tenant) is missing")
         if problems:
             raise ValueError(f"Dataverse connection {self.dataverse_conn_id!r}: " + "; ".join(problems))
-        _mask(conn.password)
+        mask_secret(conn.password)
         max_parallelism = self._max_parallelism_override or int(extra.get("max_parallelism") or DEFAULT_MAX_PARALLELISM)
         timeout = self._timeout_override or float(extra.get("timeout") or DEFAULT_TIMEOUT_S)
         return DataverseSettings(
@@ -493,7 +498,7 @@ class DataverseHook(HttpHook):
             with _MSAL_TOKEN_LOCKS[id(app)]:
                 result = app.acquire_token_for_client(scopes=[self.settings.scope])
         except (ValueError, requests.RequestException) as err:  # msal decodes the body itself: HTML is a ValueError
-            raise DataverseAuthError(entra_failure("get a token", self.settings, err)) from None
+            raise DataverseAuthError(entra_failure("get a token", self.settings, err), unreachable=True) from None
         fresh = result.get("access_token") if isinstance(result, dict) else None
         if not isinstance(fresh, str) or not fresh:
             error = result.get("error", "unknown_error") if isinstance(result, dict) else "no answer"
@@ -503,7 +508,7 @@ class DataverseHook(HttpHook):
                 f"{error}: {description.splitlines()[0] if description else 'no description'}"
             )
         if fresh != self._token:
-            _mask(fresh)
+            mask_secret(fresh)
         try:
             lifetime = float(result.get("expires_in", 0))
         except (TypeError, ValueError):
@@ -935,14 +940,21 @@ class DataverseHook(HttpHook):
                 return True
         return False
 
+    def connect(self) -> str:
+        """Get a token and call WhoAmI; says which instance and application user we are connected as.
+
+        Raises what went wrong (the preflight words it for a person).
+        """
+        self.access_token()
+        me = self.who_am_i()
+        return f"Connected to {self.settings.instance_url} as application user {me.get('UserId')}"
+
     def test_connection(self) -> tuple[bool, str]:
-        """Get a token and call WhoAmI: proves the credentials, the instance URL and the application user."""
+        """``connect`` for the UI's Test button: proves the credentials, the instance URL and the application user."""
         try:
-            self.access_token()
-            me = self.who_am_i()
+            return True, self.connect()
         except Exception as err:  # the UI shows the message; the secret is never part of it
             return False, f"{type(err).__name__}: {err}"
-        return True, f"Connected to {self.settings.instance_url} as application user {me.get('UserId')}"
 
     def close(self) -> None:
         with self._lock:

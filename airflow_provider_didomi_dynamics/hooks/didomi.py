@@ -27,11 +27,12 @@ from airflow_provider_didomi_dynamics.errors import (
     ApiError,
     BadResponseError,
     DidomiDynamicsError,
+    bad_body,
     describe_body,
     error_from_response,
 )
 from airflow_provider_didomi_dynamics.retry import RetryPolicy, ThrottleGate, send_with_retry
-from airflow_provider_didomi_dynamics.sessions import verify_setting
+from airflow_provider_didomi_dynamics.sessions import mask_secret, verify_setting
 
 SERVICE = "Didomi"
 DEFAULT_HOST = "https://api.didomi.io"
@@ -43,17 +44,6 @@ _SPLITTABLE = frozenset({400, 404, 409, 413, 422})
 T = TypeVar("T")
 
 _decoder = msgspec.json.Decoder()
-
-
-def mask_secret(value: str) -> None:
-    """Register a value with Airflow's secret masker so it never appears in task logs."""
-    if not value:
-        return
-    try:
-        from airflow.sdk.log import mask_secret as _mask
-    except ImportError:  # pragma: no cover - Airflow 3.0 layout
-        from airflow.sdk.execution_time.secrets_masker import mask_secret as _mask  # type: ignore[no-redef]
-    _mask(value)
 
 
 def jwt_expiry(token: str) -> tuple[float | None, float | None]:
@@ -368,11 +358,7 @@ class DidomiHook(HttpHook):
         try:
             return _decoder.decode(response.content)
         except (msgspec.DecodeError, UnicodeDecodeError):
-            method = response.request.method if response.request is not None else "?"
-            raise BadResponseError(
-                f"Didomi answered {response.status_code} to {method} {response.url.split('?')[0]} "
-                f"with {describe_body(response)}"
-            ) from None
+            raise bad_body(SERVICE, response) from None
         finally:
             if paused:
                 gc.enable()
@@ -384,14 +370,13 @@ class DidomiHook(HttpHook):
         if cursor:
             params["$cursor"] = cursor
         body = self._decode(self.request("GET", "/v1/consents/users", params=params))
-        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-            raise BadResponseError(f"Didomi GET /v1/consents/users returned no data list (keys: {_keys(body)})")
+        data = _data_list(body, "GET /v1/consents/users")
         next_cursor = body.get("cursor")
         if next_cursor is not None and not isinstance(next_cursor, str):
             raise BadResponseError(
                 f"Didomi GET /v1/consents/users returned a cursor of type {type(next_cursor).__name__}"
             )
-        return body["data"], next_cursor or None
+        return data, next_cursor or None
 
     def iter_users(self, page_size: int = MAX_PAGE_SIZE, *, prefetch: bool = True) -> Iterator[list[dict[str, Any]]]:
         """Stream every consent user, one page (list of user dicts) at a time, following the cursor.
@@ -428,10 +413,7 @@ class DidomiHook(HttpHook):
         body = self._decode(
             self.request("GET", "/v1/consents/users", params={"organization_user_id": organization_user_id})
         )
-        data = body.get("data") if isinstance(body, dict) else None
-        if not isinstance(data, list):
-            raise BadResponseError(f"Didomi GET /v1/consents/users returned no data list (keys: {_keys(body)})")
-        for user in data:
+        for user in _data_list(body, "GET /v1/consents/users"):
             if isinstance(user, dict) and user.get("organization_user_id") == organization_user_id:
                 return user
         return None
@@ -514,7 +496,8 @@ class DidomiHook(HttpHook):
             known = _conflict_ids(response)
             exists = [i for i in indices if events[i].get("id") in known]
             if exists:
-                rest = [i for i in indices if i not in set(exists)]
+                existing = set(exists)
+                rest = [i for i in indices if i not in existing]
                 out = [
                     EventResult(i, events[i].get("id"), "exists", "already stored (re-sent event)", 409) for i in exists
                 ]
@@ -533,9 +516,7 @@ class DidomiHook(HttpHook):
             body = self._decode(self.request("GET", "/v1/consents/events", params=params))
             if isinstance(body, list):  # an unpaginated answer
                 return events + body
-            if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-                raise BadResponseError(f"Didomi GET /v1/consents/events returned no data list (keys: {_keys(body)})")
-            events.extend(body["data"])
+            events.extend(_data_list(body, "GET /v1/consents/events"))
             cursor = body.get("cursor")
             if not cursor:
                 return events
@@ -574,8 +555,6 @@ class DidomiHook(HttpHook):
             connected = self.connect()
         except ApiError as err:
             return False, f"Didomi answered {err.status_code}: {err.api_message}"
-        except requests.exceptions.SSLError as err:
-            return False, f"TLS verification failed for {self.base_url}: set ca_bundle for a private CA ({err})"
         except (DidomiDynamicsError, requests.RequestException) as err:
             return False, str(err)
         finally:
@@ -613,6 +592,14 @@ def _check_cursor(cursor: str, seen: set[str]) -> None:
     if cursor in seen:
         raise BadResponseError("Didomi returned a cursor it had already returned; stopping to avoid an endless scan")
     seen.add(cursor)
+
+
+def _data_list(body: Any, route: str) -> list[Any]:
+    """The ``data`` list of a paginated answer, or an error naming the keys that came instead."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list):
+        raise BadResponseError(f"Didomi {route} returned no data list (keys: {_keys(body)})")
+    return data
 
 
 def _keys(body: Any) -> str:

@@ -137,17 +137,21 @@ def build_event(
 
 
 def changed_fields(
-    desired: dict[str, Any], current_user: dict[str, Any] | None, *, known_preferences: Iterable[str] = ()
+    desired: dict[str, Any],
+    current_user: dict[str, Any] | None,
+    *,
+    known_preferences: Iterable[str] = (),
+    flat: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The desired grammar columns whose value differs from the user's current state (``flatten_user``).
 
     With no current user every non-null desired value is a change. A value list is compared as a set of value ids
     (``"a,b"`` equals ``"b,a"``); a value flag the user has no column for is False when the user has a value list for
-    that preference and None (no choice) otherwise.
+    that preference and None (no choice) otherwise. ``flat``: the user already flattened (callers diffing it twice).
     """
     if current_user is None:
         return {column: value for column, value in desired.items() if value is not None}
-    current = flatten_user(current_user)
+    current = flat if flat is not None else flatten_user(current_user)
     known = tuple(dict.fromkeys([*known_preferences, *(p for _, p in current_preferences(current_user))]))
     changed: dict[str, Any] = {}
     for column, value in desired.items():

@@ -467,6 +467,14 @@ def flatten_users(users: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return builder.to_frame()
 
 
+def _timestamp_or_none(text: Any) -> pd.Timestamp | None:
+    """One timestamp as the frame holds it; no Series round trip (diffs flatten a user per row)."""
+    if text is None:
+        return None
+    scalar = _timestamps([text])[0]
+    return pd.Timestamp(scalar.value, unit="ns", tz="UTC") if scalar.is_valid else None
+
+
 def flatten_user(user: dict[str, Any]) -> dict[str, Any]:
     """One user as ``{column: value}`` in the same grammar, for diffing a desired state against the current one.
 
@@ -482,8 +490,7 @@ def flatten_user(user: dict[str, Any]) -> dict[str, Any]:
     for name, lst in builder._lists.items():
         value = lst[0]
         if name in _TIMESTAMP_FIELDS:
-            stamp = pd.Series(_timestamps([value]).to_pandas()).astype(TIMESTAMP_DTYPE).iloc[0]
-            value = None if pd.isna(stamp) else stamp
+            value = _timestamp_or_none(value)
         row[name] = value
         preference = builder._preferences.get(name)
         if preference is not None and value is not None:

@@ -46,14 +46,13 @@ from airflow_provider_didomi_dynamics.operators.contact_diff import (
     rows_from_input,
 )
 from airflow_provider_didomi_dynamics.report import Outcome, RunReport, enforce_failure_threshold
-from airflow_provider_didomi_dynamics.retry_queue import RetryQueue, plain_rows
+from airflow_provider_didomi_dynamics.retry_queue import RetryQueue, hand_over
 from airflow_provider_didomi_dynamics.windows import DEFAULT_LOOKBACK, SyncWindow, resolve_window
 
 log = logging.getLogger(__name__)
 
 ENTITY = "contact"
 ENTITY_SET = "contacts"
-FAILED_ROWS_XCOM_KEY = "failed_rows"
 BYPASS_BUSINESS_LOGIC_HEADERS = {"MSCRM.BypassBusinessLogicExecution": "CustomSync,CustomAsync"}
 BYPASS_FLOWS_HEADERS = {"MSCRM.SuppressCallbackRegistrationExpanderJob": "true"}
 DUPLICATE_KEY_CODE = "0x80040237"
@@ -99,6 +98,7 @@ class _Task:
     rows: list[InputRow] = field(default_factory=list)
     verified: bool = False
     attempt: int = 1
+    after_lost_answer: bool = False  # an earlier create of these rows may have landed unanswered
 
 
 @dataclass
@@ -162,8 +162,7 @@ class ContactPusher:
                     report.add("", Outcome.SKIPPED, "no organization_user_id")
             for row, reason in superseded:
                 report.add(row.key, Outcome.SKIPPED, reason)
-            report.extra["retried_from_earlier_runs"] = len(retry)
-            report.extra["retried_keys"] = [row.key for row in retry]
+            report.note_retried([row.key for row in retry])
             metadata.result()
         plan = self.execute(rows, report)
         log.info("Push plan: %s", plan.counts())
@@ -319,7 +318,8 @@ class ContactPusher:
             if task.attempt >= _MAX_CREATE_ATTEMPTS:
                 return _failed(task, f"gave up after {task.attempt} attempts: {err}")
             log.warning("%s; re-reading %d row(s) before trying again", err, len(task.writes))
-            return _TaskResult(follow_ups=[_Task("create", task.writes, attempt=task.attempt + 1)], ok=False)
+            retry = _Task("create", task.writes, attempt=task.attempt + 1, after_lost_answer=True)
+            return _TaskResult(follow_ups=[retry], ok=False)
         except (DidomiDynamicsError, requests.RequestException) as err:
             self.unavailable.append(f"{type(err).__name__}: {err}")
             return _failed(task, f"{type(err).__name__}: {err}")
@@ -415,7 +415,7 @@ class ContactPusher:
             changes = changes_for(contact, write.row.values, self.config.null_values)
             if changes:
                 updates.append(PlannedWrite(write.row, changes, str(contact["contactid"])))
-            elif task.attempt > 1 and self._created_by_this_run(contact):
+            elif task.after_lost_answer and self._created_by_this_run(contact):
                 # Our create landed but its answer was lost: the report is the record of what the sync wrote.
                 landed = PlannedWrite(write.row, write.changes, str(contact["contactid"]))
                 result.done.append((landed, Outcome.CREATED, "created; the answer was lost, confirmed by re-reading"))
@@ -560,9 +560,7 @@ class DataversePushContactsOperator(BaseOperator):
 
     def make_hook(self, config: IntegrationConfig) -> DataverseHook:
         parallelism = int(self.max_parallelism) if self.max_parallelism else None
-        if self.dataverse_conn_id:
-            return DataverseHook(self.dataverse_conn_id, max_parallelism=parallelism)
-        return DataverseHook.from_config(config.authentication, max_parallelism=parallelism)
+        return DataverseHook.for_config(self.dataverse_conn_id, config, max_parallelism=parallelism)
 
     def execute(self, context: Any) -> dict[str, Any]:
         config = load_config(self.config)
@@ -590,11 +588,8 @@ class DataversePushContactsOperator(BaseOperator):
             hook.close()
             if didomi is not None:
                 didomi.close()
-        failed_rows = [] if options.dry_run else plain_rows([*pusher.failed_inputs, *pusher.deferred_inputs])
         if ti is not None and not options.dry_run:
-            ti.xcom_push(key=FAILED_ROWS_XCOM_KEY, value=failed_rows)
-            if queue is not None:
-                queue.replace(failed_rows)
+            hand_over(ti, queue, [*pusher.failed_inputs, *pusher.deferred_inputs])
         result = report.as_dict()
         self.check_threshold(report, result, ti)
         if pusher.unavailable and not options.dry_run:
@@ -666,10 +661,7 @@ class DataversePullContactsOperator(BaseOperator):
         config = load_config(self.config)
         targeted = contact_id_list(self.contact_ids)
         window = None if targeted else self.window(context if isinstance(context, Mapping) else {})
-        if self.dataverse_conn_id:
-            hook = DataverseHook(self.dataverse_conn_id)
-        else:
-            hook = DataverseHook.from_config(config.authentication)
+        hook = DataverseHook.for_config(self.dataverse_conn_id, config)
         try:
             return pull_contacts(
                 hook,

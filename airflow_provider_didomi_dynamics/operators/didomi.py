@@ -26,8 +26,14 @@ from airflow_provider_didomi_dynamics.mapping.flatten import UserFrameBuilder, f
 from airflow_provider_didomi_dynamics.mapping.forward import known_preferences
 from airflow_provider_didomi_dynamics.report import Outcome, RunReport, enforce_failure_threshold
 from airflow_provider_didomi_dynamics.retry import RetryPolicy
-from airflow_provider_didomi_dynamics.retry_queue import RetryQueue, plain_rows
-from airflow_provider_didomi_dynamics.windows import DEFAULT_LOOKBACK, SyncWindow, WindowError, resolve_window
+from airflow_provider_didomi_dynamics.retry_queue import RetryQueue, hand_over
+from airflow_provider_didomi_dynamics.windows import (
+    DEFAULT_LOOKBACK,
+    SyncWindow,
+    WindowError,
+    resolve_window,
+    utc_or_none,
+)
 
 __all__ = [
     "DIDOMI_NEWER",
@@ -60,16 +66,6 @@ def as_id_list(value: Any) -> list[str]:
             return []
         value = json.loads(text) if text.startswith("[") else text.replace("\n", ",").split(",")
     return list(dict.fromkeys(str(v).strip() for v in value if v is not None and str(v).strip()))
-
-
-def _utc_or_none(text: Any) -> dt.datetime | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.timezone.utc)
 
 
 class DidomiPullConsentsOperator(BaseOperator):
@@ -161,16 +157,16 @@ class DidomiPullConsentsOperator(BaseOperator):
             for page in hook.iter_users(self.page_size):
                 stats["pages"] += 1
                 stats["scanned"] += len(page)
-                if since is None and until is None:
+                if window.is_full:
                     kept = page
                 else:
                     kept = []
                     for user in page:
-                        updated = _utc_or_none(user.get("updated_at")) if isinstance(user, dict) else None
+                        updated = utc_or_none(user.get("updated_at")) if isinstance(user, dict) else None
                         if updated is None:
                             stats["no_updated_at"] += 1
                             kept.append(user)
-                        elif (since is None or updated >= since) and (until is None or updated < until):
+                        elif window.contains(updated):
                             kept.append(user)
                 builder.add_users(kept)
                 stats["kept"] += len(kept)
@@ -222,7 +218,7 @@ def _moment(value: Any) -> dt.datetime | None:
         return None if pd.isna(value) else value.to_pydatetime().astimezone(dt.timezone.utc)
     if isinstance(value, dt.datetime):
         return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-    return _utc_or_none(str(value))
+    return utc_or_none(str(value))
 
 
 def _text(value: Any) -> str | None:
@@ -254,8 +250,8 @@ class _Row:
     """One input row on its way through the push."""
 
     __slots__ = (
-        "changes", "contactid", "default_fields", "fields", "key", "modifiedon", "position", "queued", "record",
-        "target",
+        "changes", "contactid", "default_fields", "fields", "key", "modifiedon", "note", "position", "queued",
+        "record", "target",
     )  # fmt: skip
 
     def __init__(self, position: int, key: str, contactid: str | None, modifiedon: dt.datetime | None) -> None:
@@ -264,6 +260,7 @@ class _Row:
         self.queued = False  # came from the retry queue (an earlier run could not send it)
         self.key = key
         self.target = key  # the Didomi user's own spelling of the key, once known
+        self.note = ""  # why a sent row carries fewer fields than it changed
         self.contactid = contactid
         self.modifiedon = modifiedon
         self.fields: dict[str, Any] = {}
@@ -346,17 +343,13 @@ class DidomiPushConsentsOperator(BaseOperator):
             queue = RetryQueue.for_task(ti, f"{hook.base_url}/{organization}")
         try:
             queued = queue.read() if queue is not None else []
-            report.extra["retried_from_earlier_runs"] = len(queued)
-            report.extra["retried_keys"] = [str(r.get("organization_user_id") or "") for r in queued]
+            report.note_retried([str(r.get("organization_user_id") or "") for r in queued])
             rows = self.read_rows(report, queued)
             failed = self._push(hook, rows, report, known, dry_run)
         finally:
             hook.close()
         if ti is not None and not dry_run:
-            failed_rows = plain_rows([row.record for row in failed])
-            ti.xcom_push(key="failed_rows", value=failed_rows)
-            if queue is not None:
-                queue.replace(failed_rows)
+            hand_over(ti, queue, [row.record for row in failed])
         report.seconds = time.monotonic() - started
         self.log.info(report.summary())
         result = report.as_dict()
@@ -370,7 +363,6 @@ class DidomiPushConsentsOperator(BaseOperator):
 
         Returns the rows that failed, for the retry queue."""
         failed: list[_Row] = []
-        self._notes: dict[int, str] = {}  # why a sent row carries fewer fields than it changed
         current = hook.get_users(row.key for row in rows) if rows else {}
         self._match_other_spellings(hook, rows, current)
 
@@ -379,17 +371,17 @@ class DidomiPushConsentsOperator(BaseOperator):
         for row in rows:
             user = current.get(row.key)
             try:
-                row.changes = changed_fields(row.fields, user, known_preferences=known)
-                if row.default_fields and user is not None:
+                chosen = flatten_user(user) if user is not None else None
+                row.changes = changed_fields(row.fields, user, known_preferences=known, flat=chosen)
+                if row.default_fields and chosen is not None:
                     # A contact column at its Dataverse default is no evidence of a choice: it may only change a
                     # field the Didomi user already has a choice for, never turn "no choice" into one.
-                    chosen = flatten_user(user)
-                    defaults = changed_fields(row.default_fields, user, known_preferences=known)
+                    defaults = changed_fields(row.default_fields, user, known_preferences=known, flat=chosen)
                     row.changes.update({k: v for k, v in defaults.items() if chosen.get(k) is not None})
                 if not row.changes:
                     report.add(row.key, Outcome.UNCHANGED)
                     continue
-                didomi_updated = _utc_or_none(user.get("updated_at")) if user else None
+                didomi_updated = utc_or_none(user.get("updated_at")) if user else None
                 if didomi_updated is not None and row.modifiedon is not None and didomi_updated > row.modifiedon:
                     both_changed.append((row, didomi_updated))  # resolved field by field below
                     continue
@@ -404,11 +396,10 @@ class DidomiPushConsentsOperator(BaseOperator):
             if row.changes:
                 self._plan(row, current.get(row.key), known, planned, report, failed)
 
-        notes = self._notes
         already_stored = 0
         if dry_run:
             for row, _event in planned:
-                note = notes.get(row.position, "")
+                note = row.note
                 report.add(row.key, Outcome.SENT, "dry run: not sent" + (f"; {note}" if note else ""), row.changes)
         elif planned:
             self.log.info("sending %d consent event(s) to Didomi", len(planned))
@@ -419,7 +410,7 @@ class DidomiPushConsentsOperator(BaseOperator):
                 row = planned[result.index][0]
                 if result.ok:
                     already_stored += result.status == "exists"
-                    report.add(row.key, Outcome.SENT, notes.get(row.position, ""), row.changes)
+                    report.add(row.key, Outcome.SENT, row.note, row.changes)
                 else:
                     report.add(row.key, Outcome.FAILED, f"Didomi refused the event: {result.error}", row.changes)
                     failed.append(row)
@@ -449,8 +440,8 @@ class DidomiPushConsentsOperator(BaseOperator):
             event["created_at"] = _iso(row.modifiedon)  # the consent was given when the contact changed
         planned.append((row, event))
 
+    @staticmethod
     def _resolve_conflict(
-        self,
         row: _Row,
         didomi_updated: dt.datetime,
         events: list[dict[str, Any]] | Exception | None,
@@ -478,7 +469,7 @@ class DidomiPushConsentsOperator(BaseOperator):
             return
         row.changes = {k: v for k, v in row.changes.items() if k not in didomi_wins}
         if didomi_wins:
-            self._notes[row.position] = (
+            row.note = (
                 f"{DIDOMI_NEWER} for {', '.join(didomi_wins)} ({when}): Didomi's value wins there; the contact's "
                 "other changes are newer and sent"
             )

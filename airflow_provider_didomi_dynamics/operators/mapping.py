@@ -80,11 +80,7 @@ class ReverseConsentMappingOperator(BaseOperator):
         """Default values of the two-option (Boolean) contact columns, from Dataverse metadata."""
         from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 
-        hook = (
-            DataverseHook(self.dataverse_conn_id)
-            if self.dataverse_conn_id
-            else DataverseHook.from_config(config.authentication)
-        )
+        hook = DataverseHook.for_config(self.dataverse_conn_id, config)
         try:
             body = hook.get_json(
                 "EntityDefinitions(LogicalName='contact')/Attributes/Microsoft.Dynamics.CRM.BooleanAttributeMetadata",

@@ -20,9 +20,7 @@ def reverse(campaign: Any, conf: dict[str, Any] | None = None) -> Any:
 
 
 def contact_row(pair: Any, key: str) -> dict[str, Any]:
-    rows = [r for r in pair.dataverse.contacts_rows() if str(r["emailaddress1"]).casefold() == key.casefold()]
-    assert len(rows) == 1, f"{len(rows)} contacts hold {key}"
-    return rows[0]
+    return pair.contact(key)
 
 
 def edit(pair: Any, key: str, **changes: Any) -> None:

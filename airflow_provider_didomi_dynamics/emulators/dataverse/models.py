@@ -491,8 +491,7 @@ class DataverseModel:
         if self._bypass_security:
             return
         user = caller.user
-        if privilege not in self.security.privileges_of(user.systemuserid):
-            raise self.security.missing(user.systemuserid, privilege, 4 if user.applicationid else 0)
+        self.security.require(user.systemuserid, privilege, 4 if user.applicationid else 0)
 
     def check_table_privilege(self, caller: Caller, action: str, entity_set: str) -> None:
         """``action`` Create/Read/Write/Delete on a table (no-op for tables without privileges)."""
@@ -601,8 +600,9 @@ class DataverseModel:
         """Apply ``CallerObjectId`` (Entra object id) or ``MSCRMCallerID`` (systemuserid) impersonation."""
         if not caller_object_id and not caller_user_id:
             return Caller(app, app.user)
-        if not app.can_impersonate or not self.security.has(app.user.systemuserid, "prvActOnBehalfOfAnotherUser"):
+        if not app.can_impersonate:
             raise self.security.missing(app.user.systemuserid, "prvActOnBehalfOfAnotherUser", 4)
+        self.security.require(app.user.systemuserid, "prvActOnBehalfOfAnotherUser", 4)
         with self._lock:
             if caller_object_id:
                 wanted = caller_object_id.strip().lower()

@@ -79,11 +79,6 @@ class DidomiEmulator:
             self._prepare().start()
         return self
 
-    def serve_forever(self) -> None:
-        """Serve in the calling thread until SIGINT/SIGTERM (the ``python -m`` foreground mode)."""
-        server = self._server or self._prepare()
-        server.serve_forever()
-
     def stop(self) -> None:
         if self._server is not None:
             self._server.stop()

@@ -13,6 +13,7 @@ import signal
 import threading
 from pathlib import Path
 
+from airflow_provider_didomi_dynamics.emulators.demo_data import DEMO_USERS
 from airflow_provider_didomi_dynamics.emulators.didomi import DidomiEmulator
 
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
     )
     if args.demo_users is not None or args.seed == "demo":
-        emulator.model.seed_demo(args.demo_users if args.demo_users is not None else 5000)
+        emulator.model.seed_demo(args.demo_users if args.demo_users is not None else DEMO_USERS)
     if args.no_rate_limit:
         emulator.model.rate_limiter.enabled = False
 

@@ -495,6 +495,8 @@ def _split_value_flags(mappings: list[tuple[int, FieldMapping]]) -> list[tuple[i
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
+    if isinstance(value, str) and not value.strip():
+        return "an empty string"
     return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list"}.get(
         type(value), "an object" if isinstance(value, MappingABC) else type(value).__name__
     )

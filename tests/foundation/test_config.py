@@ -70,6 +70,12 @@ def test_seed_copy_matches_the_seed_document() -> None:
     assert block.group(1) == SEED_EXAMPLE.read_text()
 
 
+def test_an_empty_credential_is_called_empty() -> None:
+    authentication = {**base_config()["authentication"], "client_id": "  "}
+    problems = problems_of(base_config(authentication=authentication))
+    assert problems == ["authentication.client_id: must be a non-empty string, got an empty string"]
+
+
 def test_upsert_mode_defaults_to_false() -> None:
     assert IntegrationConfig.from_dict(base_config()).upsert_mode is False
 

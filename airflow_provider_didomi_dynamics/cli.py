@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from airflow_provider_didomi_dynamics.config import ConfigError, IntegrationConfig
+from airflow_provider_didomi_dynamics.core.config import IntegrationConfig
+from airflow_provider_didomi_dynamics.exceptions import ConfigError
 
 EXIT_OK = 0
 EXIT_INVALID = 2

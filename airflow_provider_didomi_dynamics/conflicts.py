@@ -12,8 +12,8 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from airflow_provider_didomi_dynamics.core.coerce import utc_or_none
 from airflow_provider_didomi_dynamics.mapping.flatten import flatten_user
-from airflow_provider_didomi_dynamics.windows import utc_or_none
 
 CONSENT_PREFIX = "consents_"
 

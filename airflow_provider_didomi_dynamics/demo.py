@@ -48,7 +48,7 @@ def report_row(name: str, report: dict[str, Any], seconds: float) -> dict[str, A
 
 def edit_contacts_as_a_person(running: RunningEmulators, count: int) -> list[dict[str, Any]]:
     """Change consent columns of some contacts through the Web API, as the 'editor' application user."""
-    from airflow_provider_didomi_dynamics.config import Authentication, Secret
+    from airflow_provider_didomi_dynamics.core.config import Authentication, Secret
     from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 
     endpoints = running.endpoints

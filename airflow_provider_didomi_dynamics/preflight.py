@@ -31,9 +31,9 @@ from typing import Any, Literal
 
 import requests
 
-from airflow_provider_didomi_dynamics.config import ConfigError, FieldMapping, IntegrationConfig
-from airflow_provider_didomi_dynamics.errors import ApiError, DidomiDynamicsError
-from airflow_provider_didomi_dynamics.mapping.grammar import FieldKind, FieldRef, column_name
+from airflow_provider_didomi_dynamics.core.config import FieldMapping, IntegrationConfig
+from airflow_provider_didomi_dynamics.core.grammar import FieldKind, FieldRef, column_name
+from airflow_provider_didomi_dynamics.exceptions import ApiError, ConfigError, DidomiDynamicsError, PreflightError
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +89,6 @@ _CHOICE_TYPES = ("Picklist", "State", "Status")
 _INTEGER_TYPES = ("Integer", "BigInt")
 _NUMBER_TYPES = ("Decimal", "Double", "Money")
 _DATE_FIELDS = ("created_at", "updated_at")
-# true/false consent columns (as mapping.forward has them; not imported from there to keep pandas out of the CLI)
-BOOLEAN_KINDS = frozenset(
-    {
-        FieldKind.PURPOSE_ENABLED,
-        FieldKind.PURPOSE_ENABLED_LI,
-        FieldKind.PREFERENCE_VALUE_ENABLED,
-        FieldKind.CHANNEL_ENABLED,
-        FieldKind.VENDOR_ENABLED,
-    }
-)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -116,14 +106,6 @@ class Check:
 
     def as_dict(self) -> dict[str, str]:
         return {"name": self.name, "status": self.status, "message": self.message}
-
-
-class PreflightError(DidomiDynamicsError):
-    """At least one preflight check failed; the message is the rendered report."""
-
-    def __init__(self, report: PreflightReport) -> None:
-        self.report = report
-        super().__init__("preflight failed:\n" + report.render())
 
 
 @dataclass
@@ -373,7 +355,7 @@ def preflight_task(
     ``config_source`` is what :func:`config.load_config` takes (None: the Variable). ``dataverse_conn_id`` None
     uses the config's ``authentication`` block, as the push operator does.
     """
-    from airflow_provider_didomi_dynamics.config import load_config
+    from airflow_provider_didomi_dynamics.core.config import load_config
     from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
     from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
 
@@ -415,7 +397,7 @@ def main_preflight(args: argparse.Namespace) -> int:
     """``didomi-dynamics preflight``: 0 when no check failed, 1 when one did, 2 for an invalid config."""
     from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
     from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
-    from airflow_provider_didomi_dynamics.retry import RetryPolicy
+    from airflow_provider_didomi_dynamics.transport.retry import RetryPolicy
 
     path = str(args.config)
     try:
@@ -986,7 +968,7 @@ def _type_problem(mapping: FieldMapping, info: AttributeInfo, scan: ConsentScan 
     value_map = mapping.transform.value_map
     if value_map:
         return _value_map_problem(mapping, info)
-    if ref.kind in BOOLEAN_KINDS:
+    if ref.is_boolean:
         if kind == "Boolean":
             return None
         return FAIL, (

@@ -10,13 +10,13 @@ leaves the queue as it was, so the next run retries everything again (both pushe
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import logging
-import math
 from collections.abc import Sequence
 from typing import Any
+
+from airflow_provider_didomi_dynamics.core.coerce import json_value
 
 log = logging.getLogger(__name__)
 
@@ -31,29 +31,9 @@ def queue_key(dag_id: str, task_id: str, target: str, map_index: int = -1) -> st
     return f"{VARIABLE_PREFIX}.{dag_id}.{task_id}{mapped}.{digest}"
 
 
-def _clean(value: Any) -> Any:
-    """One value as JSON: numpy scalars unwrapped, timestamps as ISO text, NaN / NaT / NA as null."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return None if math.isnan(value) else float(value)
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if type(value).__name__ in ("NaTType", "NAType"):
-        return None
-    if isinstance(value, dt.datetime | dt.date):  # pandas Timestamp is a datetime
-        return value.isoformat()
-    item = getattr(value, "item", None)  # numpy scalars
-    if callable(item):
-        return _clean(item())
-    return str(value)
-
-
 def plain_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows as JSON values only (what XCom and the queue hold): numpy scalars, timestamps and NaN converted."""
-    return [_clean(dict(row)) for row in rows]
+    return [json_value(dict(row)) for row in rows]
 
 
 class RetryQueue:

@@ -11,9 +11,8 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-
-class WebhookPayloadError(ValueError):
-    """A payload that is not a contact RemoteExecutionContext."""
+from airflow_provider_didomi_dynamics.core.coerce import guid_list
+from airflow_provider_didomi_dynamics.exceptions import WebhookPayloadError
 
 
 def contact_ids_from_context(payload: Any, entity: str = "contact") -> list[str]:
@@ -42,12 +41,7 @@ def contact_ids_from_context(payload: Any, entity: str = "contact") -> list[str]
 
 def targeted_contact_ids(contact_ids: Iterable[Any] | None, remote_execution_context: Any = None) -> list[str]:
     """Run-conf ``contact_ids`` plus the ids of an optional webhook payload, validated and without repeats."""
-    ids: list[str] = []
-    for index, raw in enumerate(contact_ids or []):
-        try:
-            ids.append(str(uuid.UUID(str(raw))))
-        except ValueError:
-            raise WebhookPayloadError(f"contact_ids[{index}]: {raw!r} is not a contact GUID") from None
+    ids = guid_list(list(contact_ids or []), "contact_ids", error=WebhookPayloadError)
     if remote_execution_context:
         ids.extend(contact_ids_from_context(remote_execution_context))
     return list(dict.fromkeys(ids))

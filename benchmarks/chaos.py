@@ -531,8 +531,8 @@ def _canonical_consents(consents: Any) -> Any:
 def load_dags(retry_policy: Any = None) -> dict[str, Any]:
     """Both sync DAGs, with task retries off (the campaign re-runs by itself) and a short HTTP backoff for Didomi."""
     os.environ["DIDOMI_DYNAMICS_RETRIES"] = "0"
-    from airflow_provider_didomi_dynamics.retry import RetryPolicy
     from airflow_provider_didomi_dynamics.testing import load_dag
+    from airflow_provider_didomi_dynamics.transport.retry import RetryPolicy
 
     policy = retry_policy or RetryPolicy(
         max_attempts=8, max_total_wait_s=30.0, backoff_initial_s=0.05, backoff_max_s=0.5

@@ -40,7 +40,7 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 import pandas as pd
 import requests
 
-from airflow_provider_didomi_dynamics.config import IntegrationConfig
+from airflow_provider_didomi_dynamics.core.config import IntegrationConfig
 from airflow_provider_didomi_dynamics.emulators.dataverse.throttling import (
     REAL_MAX_CONCURRENT,
     REAL_MAX_EXECUTION_MS,

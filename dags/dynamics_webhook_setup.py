@@ -47,7 +47,7 @@ with DAG(
     def setup_webhook(params: dict[str, Any] | None = None) -> dict[str, Any]:
         from airflow.sdk import BaseHook
 
-        from airflow_provider_didomi_dynamics.config import load_config
+        from airflow_provider_didomi_dynamics.core.config import load_config
         from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
         from airflow_provider_didomi_dynamics.hooks.dataverse_webhooks import (
             WebhookSpec,

@@ -28,8 +28,13 @@ import requests
 from airflow.providers.http.hooks.http import HttpHook
 from requests_toolbelt.adapters.socket_options import TCPKeepAliveAdapter
 
-from airflow_provider_didomi_dynamics.config import Authentication, IntegrationConfig, Secret
-from airflow_provider_didomi_dynamics.errors import ApiError, DidomiDynamicsError, error_from_response, parse_json
+from airflow_provider_didomi_dynamics.core.config import Authentication, IntegrationConfig, Secret
+from airflow_provider_didomi_dynamics.exceptions import (
+    AmbiguousWriteError,
+    ApiError,
+    ConnectionSetupError,
+    DataverseAuthError,
+)
 from airflow_provider_didomi_dynamics.hooks.dataverse_batch import (
     MAX_BATCH_REQUESTS,
     BatchRequest,
@@ -38,7 +43,8 @@ from airflow_provider_didomi_dynamics.hooks.dataverse_batch import (
     build_changeset_batch,
     parse_batch_response,
 )
-from airflow_provider_didomi_dynamics.retry import (
+from airflow_provider_didomi_dynamics.transport.answers import error_from_response, parse_json
+from airflow_provider_didomi_dynamics.transport.retry import (
     TRANSIENT_ERRORS,
     UNTRUSTED_CERTIFICATE_FIX,
     RetryPolicy,
@@ -46,7 +52,7 @@ from airflow_provider_didomi_dynamics.retry import (
     is_untrusted_certificate,
     send_with_retry,
 )
-from airflow_provider_didomi_dynamics.sessions import PinnedVerifySession, mask_secret, verify_setting
+from airflow_provider_didomi_dynamics.transport.sessions import PinnedVerifySession, mask_secret, verify_setting
 
 log = logging.getLogger(__name__)
 
@@ -84,26 +90,6 @@ MICROSOFT_AUTHORITY_HOSTS = frozenset(
 # Characters left readable in query values; everything else (& # + % " [ ] space, non-ASCII...) is percent-encoded.
 _QUERY_SAFE = "$,()'=:@/*!"
 _BASE_HEADERS = {"Accept": "application/json", "OData-MaxVersion": "4.0", "OData-Version": "4.0"}
-
-
-class DataverseAuthError(DidomiDynamicsError):
-    """Entra ID refused the client credentials, or its discovery document could not be read.
-
-    ``unreachable`` is True when Entra ID could not be used at all (no answer, untrusted certificate, a body that is
-    not JSON) rather than refusing the credentials.
-    """
-
-    def __init__(self, message: str, *, unreachable: bool = False) -> None:
-        super().__init__(message)
-        self.unreachable = unreachable
-
-
-class AmbiguousWriteError(DidomiDynamicsError):
-    """A non-idempotent write may or may not have been applied (connection lost, 5xx): re-read before resending."""
-
-    def __init__(self, describe: str, cause: str) -> None:
-        self.cause = cause
-        super().__init__(f"{describe}: outcome unknown ({cause})")
 
 
 @dataclass(frozen=True)
@@ -255,7 +241,9 @@ def msal_app(settings: DataverseSettings) -> msal.ConfidentialClientApplication:
             )
         except (ValueError, requests.RequestException) as err:
             raise DataverseAuthError(
-                entra_failure("read its discovery document", settings, err), unreachable=True
+                entra_failure("read its discovery document", settings, err),
+                unreachable=True,
+                untrusted=is_untrusted_certificate(err),
             ) from None
         _MSAL_APPS[key] = app
         _MSAL_TOKEN_LOCKS[id(app)] = threading.Lock()
@@ -445,7 +433,7 @@ class DataverseHook(HttpHook):
         if not tenant_id:
             problems.append("extra tenant_id (the Entra ID tenant) is missing")
         if problems:
-            raise ValueError(f"Dataverse connection {self.dataverse_conn_id!r}: " + "; ".join(problems))
+            raise ConnectionSetupError(f"Dataverse connection {self.dataverse_conn_id!r}: " + "; ".join(problems))
         mask_secret(conn.password)
         max_parallelism = self._max_parallelism_override or int(extra.get("max_parallelism") or DEFAULT_MAX_PARALLELISM)
         timeout = self._timeout_override or float(extra.get("timeout") or DEFAULT_TIMEOUT_S)
@@ -498,7 +486,11 @@ class DataverseHook(HttpHook):
             with _MSAL_TOKEN_LOCKS[id(app)]:
                 result = app.acquire_token_for_client(scopes=[self.settings.scope])
         except (ValueError, requests.RequestException) as err:  # msal decodes the body itself: HTML is a ValueError
-            raise DataverseAuthError(entra_failure("get a token", self.settings, err), unreachable=True) from None
+            raise DataverseAuthError(
+                entra_failure("get a token", self.settings, err),
+                unreachable=True,
+                untrusted=is_untrusted_certificate(err),
+            ) from None
         fresh = result.get("access_token") if isinstance(result, dict) else None
         if not isinstance(fresh, str) or not fresh:
             error = result.get("error", "unknown_error") if isinstance(result, dict) else "no answer"

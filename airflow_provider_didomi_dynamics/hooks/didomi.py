@@ -23,16 +23,15 @@ import requests
 from airflow.providers.http.hooks.http import HttpHook
 from requests.adapters import HTTPAdapter
 
-from airflow_provider_didomi_dynamics.errors import (
+from airflow_provider_didomi_dynamics.exceptions import (
     ApiError,
     BadResponseError,
+    ConnectionSetupError,
     DidomiDynamicsError,
-    bad_body,
-    describe_body,
-    error_from_response,
 )
-from airflow_provider_didomi_dynamics.retry import RetryPolicy, ThrottleGate, send_with_retry
-from airflow_provider_didomi_dynamics.sessions import mask_secret, verify_setting
+from airflow_provider_didomi_dynamics.transport.answers import bad_body, describe_body, error_from_response
+from airflow_provider_didomi_dynamics.transport.retry import RetryPolicy, ThrottleGate, send_with_retry
+from airflow_provider_didomi_dynamics.transport.sessions import mask_secret, verify_setting
 
 SERVICE = "Didomi"
 DEFAULT_HOST = "https://api.didomi.io"
@@ -180,12 +179,12 @@ class DidomiHook(HttpHook):
             self._secret = connection.password or ""
             mask_secret(self._secret)
             if not self._key or not self._secret:
-                raise DidomiDynamicsError(
+                raise ConnectionSetupError(
                     f"connection {self.didomi_conn_id!r} needs the Didomi API key as login and the secret as password"
                 )
             organization_id = extra.get("organization_id")
             if not isinstance(organization_id, str) or not organization_id.strip():
-                raise DidomiDynamicsError(
+                raise ConnectionSetupError(
                     f"connection {self.didomi_conn_id!r} has no organization_id extra; "
                     'set extra to {"organization_id": "<your Didomi organization id>"}'
                 )
@@ -197,7 +196,7 @@ class DidomiHook(HttpHook):
                 try:
                     seconds = float(timeout)
                 except (TypeError, ValueError):
-                    raise DidomiDynamicsError(
+                    raise ConnectionSetupError(
                         f"connection {self.didomi_conn_id!r}: extra timeout must be a number of seconds, "
                         f"got {timeout!r}"
                     ) from None

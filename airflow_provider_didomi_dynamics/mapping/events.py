@@ -11,40 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
+from airflow_provider_didomi_dynamics.core.coerce import tri_state
+from airflow_provider_didomi_dynamics.core.grammar import FieldKind, FieldRef, column_name, parse_column
+from airflow_provider_didomi_dynamics.exceptions import EventFieldError, GrammarError
 from airflow_provider_didomi_dynamics.mapping.flatten import flatten_user, split_values
-from airflow_provider_didomi_dynamics.mapping.grammar import (
-    FieldKind,
-    FieldRef,
-    GrammarError,
-    column_name,
-    parse_column,
-)
 
-__all__ = ["EventFieldError", "as_bool", "build_event", "changed_fields", "current_preferences"]
-
-
-class EventFieldError(ValueError):
-    """A field that no consent event can carry (read-only, vendor, or a value of the wrong type)."""
-
-
-def as_bool(value: Any) -> bool | None:
-    """A consent flag from Dataverse or JSON: booleans, 0/1 and "true"/"false"; None for no value; else ValueError."""
-    if value is None or value is True or value is False:
-        return value
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, float) and value != value:  # NaN, how pandas spells a missing float
-        return None
-    if isinstance(value, (int, np.integer, float, np.floating)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
-        return value.strip().lower() in ("true", "1")
-    if value is pd.NA or value is pd.NaT:
-        return None
-    raise ValueError(f"{value!r} is not true or false")
+__all__ = ["EventFieldError", "build_event", "changed_fields", "current_preferences"]
 
 
 def current_preferences(user: Mapping[str, Any] | None) -> dict[tuple[str, str], str | None]:
@@ -180,7 +152,7 @@ def _same(column: str, desired: Any, now: Any, ref: FieldRef | None, known: tupl
         return set(split_values(desired)) == set(split_values(now))
     if isinstance(now, bool):
         try:
-            return as_bool(desired) is now
+            return tri_state(desired) is now
         except ValueError:
             return False
     return bool(desired == now)
@@ -203,7 +175,7 @@ def _purpose(purposes: dict[str, dict[str, Any]], ref: FieldRef) -> dict[str, An
 
 def _flag(column: str, value: Any) -> bool | None:
     try:
-        return as_bool(value)
+        return tri_state(value)
     except ValueError as err:
         raise EventFieldError(f"{column}: {err}") from None
 

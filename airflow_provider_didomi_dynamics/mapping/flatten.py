@@ -23,7 +23,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from airflow_provider_didomi_dynamics.mapping.grammar import USER_FIELDS
+from airflow_provider_didomi_dynamics.core.grammar import USER_FIELDS
+from airflow_provider_didomi_dynamics.exceptions import ColumnCollisionError, MalformedUserError
 
 __all__ = [
     "BOOLEAN_DTYPE",
@@ -47,22 +48,6 @@ _STRING = pa.string()
 _TIMESTAMP = pa.timestamp("ns", tz="UTC")
 _TIMESTAMP_FIELDS = ("created_at", "updated_at")
 _BLOCK_ROWS = 8192
-
-
-class ColumnCollisionError(ValueError):
-    """Two different Didomi paths flatten to one column name (ids that contain ``_`` can do that)."""
-
-    def __init__(self, column: str, first_path: str, second_path: str) -> None:
-        self.column = column
-        self.paths = (first_path, second_path)
-        super().__init__(
-            f"column {column!r} would hold two different Didomi fields: {first_path} and {second_path}; "
-            "rename one of these ids in Didomi (ids that differ only in where an '_' falls flatten to the same name)"
-        )
-
-
-class MalformedUserError(TypeError):
-    """A consent user that is not a JSON object; the rest of the page cannot be trusted to line up either."""
 
 
 @dataclass

@@ -16,34 +16,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from airflow_provider_didomi_dynamics.config import FieldMapping, IntegrationConfig, Transform
-from airflow_provider_didomi_dynamics.mapping.flatten import (
-    BOOLEAN_DTYPE,
-    STRING_DTYPE,
-    TIMESTAMP_DTYPE,
-    value_flag,
-)
-from airflow_provider_didomi_dynamics.mapping.grammar import (
-    FieldKind,
-    FieldRef,
-    GrammarError,
-    column_name,
-    parse_column,
-)
+from airflow_provider_didomi_dynamics.core.config import FieldMapping, IntegrationConfig, Transform
+from airflow_provider_didomi_dynamics.core.grammar import FieldKind, FieldRef, column_name, parse_column
+from airflow_provider_didomi_dynamics.exceptions import GrammarError
+from airflow_provider_didomi_dynamics.mapping.flatten import BOOLEAN_DTYPE, STRING_DTYPE, TIMESTAMP_DTYPE, value_flag
 
 __all__ = ["KEY_COLUMN", "UPDATED_COLUMN", "ForwardResult", "forward_map", "known_preferences", "source_column"]
 
 KEY_COLUMN = "organization_user_id"
 UPDATED_COLUMN = "updated_at"
-BOOLEAN_KINDS = frozenset(
-    {
-        FieldKind.PURPOSE_ENABLED,
-        FieldKind.PURPOSE_ENABLED_LI,
-        FieldKind.PREFERENCE_VALUE_ENABLED,
-        FieldKind.CHANNEL_ENABLED,
-        FieldKind.VENDOR_ENABLED,
-    }
-)
 
 
 @dataclass
@@ -126,7 +107,7 @@ def _reparse(mapping: FieldMapping, known: tuple[str, ...]) -> FieldRef:
 
 def null_dtype(ref: FieldRef) -> Any:
     """The dtype a column of this kind has in the flattened frame."""
-    if ref.kind in BOOLEAN_KINDS:
+    if ref.is_boolean:
         return BOOLEAN_DTYPE
     if ref.kind is FieldKind.USER_FIELD and ref.name in ("created_at", "updated_at"):
         return TIMESTAMP_DTYPE

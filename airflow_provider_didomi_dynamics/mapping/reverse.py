@@ -19,19 +19,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from airflow_provider_didomi_dynamics.config import FieldMapping, IntegrationConfig, NullValues
-from airflow_provider_didomi_dynamics.mapping.events import as_bool, build_event
+from airflow_provider_didomi_dynamics.core.coerce import text_or_none, tri_state
+from airflow_provider_didomi_dynamics.core.config import FieldMapping, IntegrationConfig, NullValues
+from airflow_provider_didomi_dynamics.core.grammar import FieldKind, FieldRef, parse_column
+from airflow_provider_didomi_dynamics.exceptions import GrammarError, ReverseMappingError
+from airflow_provider_didomi_dynamics.mapping.events import build_event
 from airflow_provider_didomi_dynamics.mapping.flatten import STRING_DTYPE, TIMESTAMP_DTYPE, split_values
-from airflow_provider_didomi_dynamics.mapping.forward import BOOLEAN_KINDS, known_preferences
-from airflow_provider_didomi_dynamics.mapping.grammar import FieldKind, FieldRef, GrammarError, parse_column
+from airflow_provider_didomi_dynamics.mapping.forward import known_preferences
 
 __all__ = ["REVERSE_COLUMNS", "ReverseMappingError", "reverse_map"]
 
 REVERSE_COLUMNS = ("organization_user_id", "contactid", "modifiedon", "fields", "event", "default_fields")
-
-
-class ReverseMappingError(ValueError):
-    """The contacts frame lacks a column the reverse mapping needs."""
 
 
 class _Invalid:
@@ -108,7 +106,9 @@ def reverse_map(
     frame = pd.DataFrame(
         {
             "organization_user_id": pd.array(kept_keys, dtype=STRING_DTYPE),
-            "contactid": pd.array([_text(contact_ids[index]) for index in rows], dtype=STRING_DTYPE),
+            "contactid": pd.array(
+                [text_or_none(contact_ids[index], strip=False) for index in rows], dtype=STRING_DTYPE
+            ),
             "modifiedon": modified.take(rows).reset_index(drop=True),
             "fields": pd.array(fields_text, dtype=STRING_DTYPE),
             "event": pd.array(events_text, dtype=STRING_DTYPE),
@@ -142,12 +142,6 @@ def _key(value: Any) -> str | None:
     return None
 
 
-def _text(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return str(value)
-
-
 def _timestamps(column: pd.Series | None, n: int) -> pd.Series:
     if column is None:
         return pd.Series(pd.array([None] * n, dtype=TIMESTAMP_DTYPE))
@@ -168,7 +162,7 @@ def _reparse(mapping: FieldMapping, known: tuple[str, ...]) -> FieldRef:
 
 def _converter(mapping: FieldMapping, ref: FieldRef) -> Callable[[Any], Any]:
     """Contact cell -> desired Didomi value (None = no value, ``_INVALID`` = cannot be expressed)."""
-    boolean = ref.kind in BOOLEAN_KINDS
+    boolean = ref.is_boolean
     transform = mapping.transform
     if transform.value_map:
         inverse = {_normalise(target): source for source, target in transform.value_map}
@@ -208,7 +202,7 @@ def _value_list(cell: Any) -> Any:
 
 def _boolean(cell: Any) -> Any:
     try:
-        return as_bool(cell)
+        return tri_state(cell)
     except ValueError:
         return _INVALID
 

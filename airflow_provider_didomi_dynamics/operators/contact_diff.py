@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from airflow_provider_didomi_dynamics.config import NullValues
+from airflow_provider_didomi_dynamics.core.coerce import as_utc
+from airflow_provider_didomi_dynamics.core.config import NullValues
 
 KEY_COLUMN = "organization_user_id"
 UPDATED_AT_COLUMN = "updated_at"
@@ -244,18 +245,6 @@ def changes_for(
     return changes
 
 
-def _instant(value: Any) -> dt.datetime | None:
-    if value is None or value is pd.NA:
-        return None
-    try:
-        moment = pd.Timestamp(value)
-    except (TypeError, ValueError):
-        return None
-    if moment is pd.NaT:
-        return None
-    return (moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")).to_pydatetime()
-
-
 def _person_change(contact: Mapping[str, Any], own_user_id: str | None) -> dt.datetime | None:
     """When a person (not this integration) last changed the contact; None when we wrote last or cannot tell."""
     if own_user_id is None:
@@ -263,14 +252,14 @@ def _person_change(contact: Mapping[str, Any], own_user_id: str | None) -> dt.da
     modified_by = str(contact.get("_modifiedby_value") or "").lower()
     if not modified_by or modified_by == own_user_id.lower():
         return None
-    return _instant(contact.get("modifiedon"))
+    return as_utc(contact.get("modifiedon"))
 
 
 def _changed_later_in_dynamics(contact_moment: dt.datetime | None, updated_at: Any) -> str | None:
     """The skip reason when a person changed the contact after Didomi changed the user."""
     if contact_moment is None:  # most rows: we wrote the contact last; spare the timestamp parsing
         return None
-    didomi_moment = _instant(updated_at)
+    didomi_moment = as_utc(updated_at)
     if didomi_moment is None or contact_moment <= didomi_moment:
         return None
     return (

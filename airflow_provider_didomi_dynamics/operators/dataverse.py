@@ -8,11 +8,9 @@ requests, and hands failed rows to the next run. The pull reads a ``modifiedon``
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -24,16 +22,13 @@ import requests
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_provider_didomi_dynamics.config import IntegrationConfig, load_config
 from airflow_provider_didomi_dynamics.conflicts import columns_the_contact_keeps
-from airflow_provider_didomi_dynamics.errors import ApiError, DidomiDynamicsError
-from airflow_provider_didomi_dynamics.hooks.dataverse import (
-    AmbiguousWriteError,
-    DataverseHook,
-    in_filter,
-    key_path_is_safe,
-    odata_string,
-)
+from airflow_provider_didomi_dynamics.core.coerce import flag, guid_list
+from airflow_provider_didomi_dynamics.core.config import IntegrationConfig, load_config
+from airflow_provider_didomi_dynamics.core.report import Outcome, RunReport, enforce_failure_threshold
+from airflow_provider_didomi_dynamics.core.windows import DEFAULT_LOOKBACK, SyncWindow, resolve_window
+from airflow_provider_didomi_dynamics.exceptions import AmbiguousWriteError, ApiError, DidomiDynamicsError
+from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook, in_filter, key_path_is_safe, odata_string
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
 from airflow_provider_didomi_dynamics.operators.contact_diff import (
     InputRow,
@@ -45,9 +40,7 @@ from airflow_provider_didomi_dynamics.operators.contact_diff import (
     plan_push,
     rows_from_input,
 )
-from airflow_provider_didomi_dynamics.report import Outcome, RunReport, enforce_failure_threshold
 from airflow_provider_didomi_dynamics.retry_queue import RetryQueue, hand_over
-from airflow_provider_didomi_dynamics.windows import DEFAULT_LOOKBACK, SyncWindow, resolve_window
 
 log = logging.getLogger(__name__)
 
@@ -481,13 +474,6 @@ def _failed(task: _Task, reason: str) -> _TaskResult:
     return _TaskResult(done=[(w, Outcome.FAILED, reason) for w in writes], ok=False)
 
 
-def _as_bool(value: Any) -> bool:
-    """Templated flags arrive as strings when rendered from Jinja."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
 class DataversePushContactsOperator(BaseOperator):
     """Write Didomi consent to Dataverse contacts: changed rows and changed columns only, at bulk speed.
 
@@ -567,9 +553,9 @@ class DataversePushContactsOperator(BaseOperator):
         options = PushOptions(
             batch_size=int(self.batch_size),
             max_parallelism=int(self.max_parallelism) if self.max_parallelism else None,
-            bypass_business_logic=_as_bool(self.bypass_business_logic),
-            bypass_flows=_as_bool(self.bypass_flows),
-            dry_run=_as_bool(self.is_dry_run),
+            bypass_business_logic=flag(self.bypass_business_logic, "bypass_business_logic"),
+            bypass_flows=flag(self.bypass_flows, "bypass_flows"),
+            dry_run=flag(self.is_dry_run, "dry_run"),
             use_alternate_key=self.use_alternate_key,
         )
         retry_rows = self.retry_rows
@@ -654,12 +640,16 @@ class DataversePullContactsOperator(BaseOperator):
     def window(self, context: Mapping[str, Any]) -> SyncWindow:
         """The [start, end) window of ``modifiedon`` to read (shared rules of ``windows.resolve_window``)."""
         return resolve_window(
-            context, since=self.since, until=self.until, full_sync=_as_bool(self.full_sync), lookback=self.lookback
+            context,
+            since=self.since,
+            until=self.until,
+            full_sync=flag(self.full_sync, "full_sync"),
+            lookback=self.lookback,
         )
 
     def execute(self, context: Any) -> pd.DataFrame:
         config = load_config(self.config)
-        targeted = contact_id_list(self.contact_ids)
+        targeted = guid_list(self.contact_ids)
         window = None if targeted else self.window(context if isinstance(context, Mapping) else {})
         hook = DataverseHook.for_config(self.dataverse_conn_id, config)
         try:
@@ -673,26 +663,6 @@ class DataversePullContactsOperator(BaseOperator):
             )
         finally:
             hook.close()
-
-
-def contact_id_list(value: Any) -> list[str]:
-    """``contact_ids`` from a list, a JSON list or comma-separated text, each checked to be a GUID."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        text = value.strip()
-        if text.lower() in ("", "none", "null", "[]"):
-            return []
-        value = json.loads(text) if text.startswith("[") else text.replace("\n", ",").split(",")
-    ids: list[str] = []
-    for index, raw in enumerate(value):
-        if raw is None or not str(raw).strip():
-            continue
-        try:
-            ids.append(str(uuid.UUID(str(raw).strip())))
-        except ValueError:
-            raise ValueError(f"contact_ids[{index}]: {raw!r} is not a contact GUID") from None
-    return list(dict.fromkeys(ids))
 
 
 def pull_contacts(

@@ -18,22 +18,18 @@ from typing import Any
 import pandas as pd
 from airflow.sdk import BaseOperator, Context
 
-from airflow_provider_didomi_dynamics.config import load_config
 from airflow_provider_didomi_dynamics.conflicts import fields_didomi_changed_after
+from airflow_provider_didomi_dynamics.core.coerce import as_utc, flag, id_list, iso_millis, text_or_none, utc_or_none
+from airflow_provider_didomi_dynamics.core.config import load_config
+from airflow_provider_didomi_dynamics.core.report import Outcome, RunReport, enforce_failure_threshold
+from airflow_provider_didomi_dynamics.core.windows import DEFAULT_LOOKBACK, SyncWindow, resolve_window
+from airflow_provider_didomi_dynamics.exceptions import EventFieldError, WindowError
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook, EventResult
-from airflow_provider_didomi_dynamics.mapping.events import EventFieldError, build_event, changed_fields
+from airflow_provider_didomi_dynamics.mapping.events import build_event, changed_fields
 from airflow_provider_didomi_dynamics.mapping.flatten import UserFrameBuilder, flatten_user
 from airflow_provider_didomi_dynamics.mapping.forward import known_preferences
-from airflow_provider_didomi_dynamics.report import Outcome, RunReport, enforce_failure_threshold
-from airflow_provider_didomi_dynamics.retry import RetryPolicy
 from airflow_provider_didomi_dynamics.retry_queue import RetryQueue, hand_over
-from airflow_provider_didomi_dynamics.windows import (
-    DEFAULT_LOOKBACK,
-    SyncWindow,
-    WindowError,
-    resolve_window,
-    utc_or_none,
-)
+from airflow_provider_didomi_dynamics.transport.retry import RetryPolicy
 
 __all__ = [
     "DIDOMI_NEWER",
@@ -45,27 +41,6 @@ __all__ = [
 
 EVENT_ID_NAMESPACE = uuid.UUID("0f5d8a52-8f4e-4c1e-9a0c-6b1d2f7e3a90")
 DIDOMI_NEWER = "Didomi changed later"
-_TRUE_TEXTS = {"1", "true", "yes", "y", "on"}
-_EMPTY_TEXTS = {"", "none", "null"}
-
-
-def as_bool(value: Any) -> bool:
-    """A templated flag: rendered templates arrive as text (``"False"`` must stay false)."""
-    if isinstance(value, str):
-        return value.strip().lower() in _TRUE_TEXTS
-    return bool(value)
-
-
-def as_id_list(value: Any) -> list[str]:
-    """``organization_user_ids`` from a list, a JSON list, or comma/newline separated text; blanks dropped."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        text = value.strip()
-        if text.lower() in _EMPTY_TEXTS:
-            return []
-        value = json.loads(text) if text.startswith("[") else text.replace("\n", ",").split(",")
-    return list(dict.fromkeys(str(v).strip() for v in value if v is not None and str(v).strip()))
 
 
 class DidomiPullConsentsOperator(BaseOperator):
@@ -119,7 +94,7 @@ class DidomiPullConsentsOperator(BaseOperator):
             context,
             since=self.since,
             until=self.until,
-            full_sync=as_bool(self.full_sync),
+            full_sync=flag(self.full_sync, "full_sync"),
             lookback=self.lookback or DEFAULT_LOOKBACK,
         )
         if self.lookback is None and window.source.startswith("lookback"):
@@ -136,7 +111,7 @@ class DidomiPullConsentsOperator(BaseOperator):
 
     def _pull(self, hook: DidomiHook, context: Context, started: float) -> pd.DataFrame:
         builder = UserFrameBuilder()
-        targeted = as_id_list(self.organization_user_ids)
+        targeted = id_list(self.organization_user_ids)
         stats: dict[str, Any] = {"scanned": 0, "kept": 0, "pages": 0, "no_updated_at": 0}
         if targeted:
             found = hook.get_users(targeted)
@@ -202,30 +177,6 @@ def event_id(
     canonical = json.dumps(changes, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     source = "\n".join([organization_user_id, contactid or "", modifiedon or "", canonical])
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, source))
-
-
-def _iso(moment: dt.datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def _moment(value: Any) -> dt.datetime | None:
-    """``modifiedon`` from the frame (pandas Timestamp, datetime or ISO text) as an aware UTC datetime."""
-    if value is None or value is pd.NaT or (isinstance(value, float) and value != value):
-        return None
-    if isinstance(value, pd.Timestamp):
-        return None if pd.isna(value) else value.to_pydatetime().astimezone(dt.timezone.utc)
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-    return utc_or_none(str(value))
-
-
-def _text(value: Any) -> str | None:
-    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
-        return None
-    text = str(value).strip()
-    return text or None
 
 
 def _records(data: Any) -> list[dict[str, Any]]:
@@ -332,7 +283,7 @@ class DidomiPushConsentsOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         started = time.monotonic()
-        dry_run = as_bool(self.is_dry_run)
+        dry_run = flag(self.is_dry_run, "dry_run")
         report = RunReport("push_consents", dry_run=dry_run)
         known = self.preference_ids()
         hook = self.make_hook()
@@ -435,9 +386,9 @@ class DidomiPushConsentsOperator(BaseOperator):
             report.add(row.key, Outcome.FAILED, str(err))
             failed.append(row)
             return
-        event["id"] = event_id(row.target, row.contactid, _iso(row.modifiedon), row.changes)
+        event["id"] = event_id(row.target, row.contactid, iso_millis(row.modifiedon), row.changes)
         if row.modifiedon is not None:
-            event["created_at"] = _iso(row.modifiedon)  # the consent was given when the contact changed
+            event["created_at"] = iso_millis(row.modifiedon)  # the consent was given when the contact changed
         planned.append((row, event))
 
     @staticmethod
@@ -451,7 +402,7 @@ class DidomiPushConsentsOperator(BaseOperator):
         """Both sides changed since the contact did: keep in ``row.changes`` only the fields Didomi did not change
         after the contact; report the row skipped when none is left."""
         assert row.modifiedon is not None
-        when = f"updated_at {_iso(didomi_updated)} after the contact's modifiedon {_iso(row.modifiedon)}"
+        when = f"updated_at {iso_millis(didomi_updated)} after the contact's modifiedon {iso_millis(row.modifiedon)}"
         if isinstance(events, Exception):
             report.add(
                 row.key, Outcome.FAILED, f"could not read Didomi's event history to resolve a conflict: {events}"
@@ -498,12 +449,12 @@ class DidomiPushConsentsOperator(BaseOperator):
         fresh = _records(self.events)
         for position, record in enumerate([*(dict(r) for r in queued), *fresh]):
             is_queued = position < len(queued)
-            key = _text(record.get("organization_user_id"))
-            contactid = _text(record.get("contactid"))
+            key = text_or_none(record.get("organization_user_id"))
+            contactid = text_or_none(record.get("contactid"))
             if key is None:
                 report.add(contactid or f"row {position}", Outcome.SKIPPED, "no organization_user_id")
                 continue
-            row = _Row(position, key, contactid, _moment(record.get("modifiedon")))
+            row = _Row(position, key, contactid, as_utc(record.get("modifiedon")))
             row.record, row.queued = record, is_queued
             raw = record.get("fields")
             try:

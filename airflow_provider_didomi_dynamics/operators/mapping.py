@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 from airflow.sdk import BaseOperator, Context
 
-from airflow_provider_didomi_dynamics.config import IntegrationConfig, load_config
+from airflow_provider_didomi_dynamics.core.config import IntegrationConfig, load_config
 from airflow_provider_didomi_dynamics.mapping.forward import forward_map
 from airflow_provider_didomi_dynamics.mapping.reverse import reverse_map
 

@@ -13,7 +13,7 @@ from bad_input_support import HTML_ERROR_PAGE, answering, engine
 
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
-from airflow_provider_didomi_dynamics.retry import RetryPolicy
+from airflow_provider_didomi_dynamics.transport.retry import RetryPolicy
 
 FAST = RetryPolicy(max_attempts=3, max_total_wait_s=5.0, backoff_initial_s=0.01, backoff_max_s=0.05)
 KEY = "responses@example.com"

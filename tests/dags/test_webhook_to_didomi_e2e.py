@@ -10,7 +10,7 @@ from typing import Any
 
 from dag_e2e_support import Sync, push_report
 
-from airflow_provider_didomi_dynamics.config import Authentication, Secret
+from airflow_provider_didomi_dynamics.core.config import Authentication, Secret
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 from airflow_provider_didomi_dynamics.hooks.dataverse_webhooks import WebhookSpec, ensure_webhook
 

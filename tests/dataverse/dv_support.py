@@ -9,10 +9,10 @@ from typing import Any
 
 import pandas as pd
 
-from airflow_provider_didomi_dynamics.config import IntegrationConfig
+from airflow_provider_didomi_dynamics.core.config import IntegrationConfig
 from airflow_provider_didomi_dynamics.emulators.dataverse import DataverseEmulator
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
-from airflow_provider_didomi_dynamics.retry import RetryPolicy
+from airflow_provider_didomi_dynamics.transport.retry import RetryPolicy
 
 MAPPINGS = [
     {"id": "donotbulkemail", "value": "consents_purposes_newsletter_enabled", "transform": "invert"},

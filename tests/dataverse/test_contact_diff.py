@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from airflow_provider_didomi_dynamics.config import NullValues
+from airflow_provider_didomi_dynamics.core.config import NullValues
 from airflow_provider_didomi_dynamics.operators.contact_diff import (
     InputRow,
     changes_for,

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from airflow_provider_didomi_dynamics.errors import ApiError
+from airflow_provider_didomi_dynamics.exceptions import ApiError
 from airflow_provider_didomi_dynamics.hooks.dataverse import (
     MAX_BATCH_URL_LENGTH,
     MAX_URL_LENGTH,
@@ -16,7 +16,7 @@ from airflow_provider_didomi_dynamics.hooks.dataverse import (
     in_filter,
     odata_string,
 )
-from airflow_provider_didomi_dynamics.retry import ThrottleGate
+from airflow_provider_didomi_dynamics.transport.retry import ThrottleGate
 
 TRICKY_KEYS = [
     "o'brian@example.com",

@@ -10,7 +10,7 @@ import pytest
 import requests
 from requests.cookies import MockRequest, MockResponse
 
-from airflow_provider_didomi_dynamics.config import Authentication, Secret
+from airflow_provider_didomi_dynamics.core.config import Authentication, Secret
 from airflow_provider_didomi_dynamics.hooks.dataverse import (
     MAX_BATCH_URL_LENGTH,
     MAX_URL_LENGTH,

@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 from dv_support import ATTRIBUTES, Org, contacts_frame
 
+from airflow_provider_didomi_dynamics.core.coerce import guid_list
+from airflow_provider_didomi_dynamics.core.windows import SyncWindow
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 from airflow_provider_didomi_dynamics.operators.dataverse import (
     ContactPusher,
     DataversePullContactsOperator,
-    contact_id_list,
     pull_contacts,
 )
-from airflow_provider_didomi_dynamics.windows import SyncWindow
 
 UTC = dt.timezone.utc
 
@@ -124,12 +124,12 @@ def test_operator_full_sync_targeted_ids_and_window_fallbacks(org: Org) -> None:
 
 def test_contact_id_list_accepts_lists_json_and_text() -> None:
     guid = "0F5D8A52-8F4E-4C1E-9A0C-6B1D2F7E3A90"
-    assert contact_id_list([guid, guid.lower()]) == [guid.lower()]
-    assert contact_id_list(f'["{guid}"]') == [guid.lower()]
-    assert contact_id_list(f"{guid}, ") == [guid.lower()]
-    assert contact_id_list("[]") == [] and contact_id_list(None) == []
+    assert guid_list([guid, guid.lower()]) == [guid.lower()]
+    assert guid_list(f'["{guid}"]') == [guid.lower()]
+    assert guid_list(f"{guid}, ") == [guid.lower()]
+    assert guid_list("[]") == [] and guid_list(None) == []
     with pytest.raises(ValueError, match="not a contact GUID"):
-        contact_id_list(["nope"])
+        guid_list(["nope"])
 
 
 def test_empty_window_gives_a_typed_empty_frame(org: Org) -> None:

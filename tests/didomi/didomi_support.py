@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from airflow_provider_didomi_dynamics.retry import RetryPolicy
+from airflow_provider_didomi_dynamics.transport.retry import RetryPolicy
 
 CATALOGUE: dict[str, dict[str, list[str]]] = {
     "newsletter": {"frequency": ["daily", "weekly", "monthly"], "topics": ["news", "offers"]},

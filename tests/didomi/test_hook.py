@@ -11,7 +11,7 @@ import pytest
 from didomi_support import fast_policy, make_user
 
 from airflow_provider_didomi_dynamics.emulators.didomi import DidomiEmulator
-from airflow_provider_didomi_dynamics.errors import ApiError, DidomiDynamicsError
+from airflow_provider_didomi_dynamics.exceptions import ApiError, DidomiDynamicsError
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook, jwt_expiry
 
 

@@ -11,14 +11,14 @@ import pytest
 from airflow.sdk.exceptions import AirflowException
 from didomi_support import fast_policy, make_user
 
-from airflow_provider_didomi_dynamics.config import load_config
+from airflow_provider_didomi_dynamics.core.config import load_config
 from airflow_provider_didomi_dynamics.emulators.didomi import DidomiEmulator
+from airflow_provider_didomi_dynamics.exceptions import WindowError
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
 from airflow_provider_didomi_dynamics.mapping.reverse import reverse_map
 from airflow_provider_didomi_dynamics.operators.didomi import (
     DidomiPullConsentsOperator,
     DidomiPushConsentsOperator,
-    WindowError,
     event_id,
 )
 

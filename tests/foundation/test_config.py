@@ -11,14 +11,9 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_didomi_dynamics.config import (
-    ConfigError,
-    Direction,
-    IntegrationConfig,
-    NullValues,
-    load_config,
-)
-from airflow_provider_didomi_dynamics.mapping.grammar import FieldKind
+from airflow_provider_didomi_dynamics.core.config import Direction, IntegrationConfig, NullValues, load_config
+from airflow_provider_didomi_dynamics.core.grammar import FieldKind
+from airflow_provider_didomi_dynamics.exceptions import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 SEED_EXAMPLE = REPO / "dags" / "config" / "seed_example.json"

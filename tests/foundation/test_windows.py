@@ -6,7 +6,8 @@ import datetime as dt
 
 import pytest
 
-from airflow_provider_didomi_dynamics.windows import WindowError, resolve_window
+from airflow_provider_didomi_dynamics.core.windows import resolve_window
+from airflow_provider_didomi_dynamics.exceptions import WindowError
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2026, 11, 27, 12, 30, tzinfo=UTC)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_didomi_dynamics.config import IntegrationConfig
+from airflow_provider_didomi_dynamics.core.config import IntegrationConfig
 
 UserFactory = Callable[..., dict[str, Any]]
 ConfigFactory = Callable[..., IntegrationConfig]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_didomi_dynamics.config import ConfigError
-from airflow_provider_didomi_dynamics.mapping.grammar import FieldKind
+from airflow_provider_didomi_dynamics.core.grammar import FieldKind
+from airflow_provider_didomi_dynamics.exceptions import ConfigError
 
 
 def test_value_map_on_a_boolean_column_needs_true_false_keys(make_config) -> None:  # type: ignore[no-untyped-def]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_didomi_dynamics.mapping.events import EventFieldError, build_event, changed_fields
+from airflow_provider_didomi_dynamics.exceptions import EventFieldError
+from airflow_provider_didomi_dynamics.mapping.events import build_event, changed_fields
 from airflow_provider_didomi_dynamics.mapping.flatten import flatten_user
 
 

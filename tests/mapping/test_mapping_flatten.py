@@ -11,14 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from airflow_provider_didomi_dynamics.mapping.flatten import (
-    ColumnCollisionError,
-    MalformedUserError,
-    UserFrameBuilder,
-    flatten_user,
-    flatten_users,
-)
-from airflow_provider_didomi_dynamics.mapping.grammar import FieldKind, FieldRef, parse_column
+from airflow_provider_didomi_dynamics.core.grammar import FieldKind, FieldRef, parse_column
+from airflow_provider_didomi_dynamics.exceptions import ColumnCollisionError, MalformedUserError
+from airflow_provider_didomi_dynamics.mapping.flatten import UserFrameBuilder, flatten_user, flatten_users
 
 TRICKY = ("email_marketing", "news-letter", "café", "2024", "opt_in_2")
 

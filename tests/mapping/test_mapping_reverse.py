@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from airflow_provider_didomi_dynamics.exceptions import ReverseMappingError
 from airflow_provider_didomi_dynamics.mapping.flatten import flatten_user, flatten_users
 from airflow_provider_didomi_dynamics.mapping.forward import forward_map
-from airflow_provider_didomi_dynamics.mapping.reverse import REVERSE_COLUMNS, ReverseMappingError, reverse_map
+from airflow_provider_didomi_dynamics.mapping.reverse import REVERSE_COLUMNS, reverse_map
 
 ROUND_TRIP_MAPPINGS: list[dict[str, Any]] = [
     {"id": "donotbulkemail", "value": "consents_purposes_email_marketing_enabled", "transform": "invert"},

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from airflow_provider_didomi_dynamics.config import IntegrationConfig
+from airflow_provider_didomi_dynamics.core.config import IntegrationConfig
 from airflow_provider_didomi_dynamics.mapping.flatten import flatten_users
 from airflow_provider_didomi_dynamics.mapping.forward import forward_map
 from airflow_provider_didomi_dynamics.mapping.reverse import reverse_map

@@ -6,12 +6,12 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_didomi_dynamics.config import IntegrationConfig
+from airflow_provider_didomi_dynamics.core.config import IntegrationConfig
 from airflow_provider_didomi_dynamics.emulators.runner import RunningEmulators
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
 from airflow_provider_didomi_dynamics.preflight import PreflightReport, run_preflight
-from airflow_provider_didomi_dynamics.retry import RetryPolicy
+from airflow_provider_didomi_dynamics.transport.retry import RetryPolicy
 
 FAST = RetryPolicy(max_attempts=2, max_total_wait_s=2.0, backoff_initial_s=0.05, backoff_max_s=0.1)
 

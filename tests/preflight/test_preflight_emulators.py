@@ -11,9 +11,10 @@ from preflight_support import FAST, Setup, message, statuses
 
 from airflow_provider_didomi_dynamics.emulators.dataverse.security import DIDOMI_INTEGRATION, SYSTEM_ADMINISTRATOR
 from airflow_provider_didomi_dynamics.emulators.runner import connection_env
+from airflow_provider_didomi_dynamics.exceptions import PreflightError
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
-from airflow_provider_didomi_dynamics.preflight import FAIL, OK, WARN, PreflightError, preflight_task
+from airflow_provider_didomi_dynamics.preflight import FAIL, OK, WARN, preflight_task
 
 DEMO_CHECKS = [
     "Dataverse connection",

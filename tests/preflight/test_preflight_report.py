@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_didomi_dynamics.config import IntegrationConfig
+from airflow_provider_didomi_dynamics.core.config import IntegrationConfig
+from airflow_provider_didomi_dynamics.exceptions import PreflightError
 from airflow_provider_didomi_dynamics.preflight import (
     FAIL,
     OK,
@@ -14,7 +15,6 @@ from airflow_provider_didomi_dynamics.preflight import (
     ConsentScan,
     DataverseFacts,
     DidomiFacts,
-    PreflightError,
     PreflightReport,
     attribute_checks,
     judge,
@@ -162,11 +162,3 @@ def test_a_failed_dataverse_connection_skips_its_checks_but_not_didomis() -> Non
         ("Didomi consent ids", WARN),
     ]
     assert "no consent users yet" in checks[2].message
-
-
-def test_boolean_kinds_match_the_forward_mapping() -> None:
-    """Kept as a copy so the CLI does not import pandas; it must not drift from the mapping's own list."""
-    from airflow_provider_didomi_dynamics.mapping.forward import BOOLEAN_KINDS as FORWARD
-    from airflow_provider_didomi_dynamics.preflight import BOOLEAN_KINDS
-
-    assert BOOLEAN_KINDS == FORWARD

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from security_support import engine, recording
 
-from airflow_provider_didomi_dynamics.config import Authentication, Secret
+from airflow_provider_didomi_dynamics.core.config import Authentication, Secret
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
 

@@ -12,11 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from airflow_provider_didomi_dynamics.core.coerce import parse_instant
+from airflow_provider_didomi_dynamics.exceptions import WindowError
+
 DEFAULT_LOOKBACK = dt.timedelta(hours=24)
-
-
-class WindowError(ValueError):
-    """A window a person asked for that cannot be satisfied (e.g. since after until)."""
 
 
 @dataclass(frozen=True)
@@ -42,36 +41,6 @@ class SyncWindow:
         start = self.start.isoformat() if self.start else "the beginning"
         end = self.end.isoformat() if self.end else "now"
         return f"[{start}, {end}) from {self.source}"
-
-
-def parse_instant(value: Any, name: str) -> dt.datetime | None:
-    """An ISO 8601 string or datetime as an aware UTC datetime; empty means not given."""
-    if value is None or value == "" or str(value).lower() in ("none", "null"):
-        return None
-    if isinstance(value, dt.datetime):
-        moment = value
-    else:
-        text = str(value).strip().replace("Z", "+00:00")
-        try:
-            moment = dt.datetime.fromisoformat(text)
-        except ValueError:
-            raise WindowError(
-                f"{name}: {value!r} is not an ISO 8601 date-time; use e.g. 2026-11-27T00:00:00Z"
-            ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return moment.astimezone(dt.timezone.utc)
-
-
-def utc_or_none(text: Any) -> dt.datetime | None:
-    """An API's ISO 8601 timestamp as an aware datetime (naive means UTC); None when absent or unreadable."""
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.timezone.utc)
 
 
 def resolve_window(

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import requests
 import tenacity
 
+from airflow_provider_didomi_dynamics.exceptions import RETRYABLE_STATUSES
+
 log = logging.getLogger(__name__)
 
-RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     requests.ConnectionError,
     requests.Timeout,

@@ -1,4 +1,4 @@
-"""Errors that carry the HTTP response and say, in words, what the API answered."""
+"""Reading an API's answer: its JSON, or an error that carries the response and says in words what came back."""
 
 from __future__ import annotations
 
@@ -7,36 +7,7 @@ from typing import Any
 
 import requests
 
-
-class DidomiDynamicsError(Exception):
-    """Base class of this provider's errors."""
-
-
-class ApiError(DidomiDynamicsError):
-    """An API answered with an error; ``response`` is kept so callers can read status, headers and body."""
-
-    def __init__(self, service: str, response: requests.Response, message: str, code: str = "") -> None:
-        self.service = service
-        self.response = response
-        self.status_code = response.status_code
-        self.code = code
-        self.api_message = message
-        request = response.request
-        method = request.method if request is not None else "?"
-        path = _path_only(request.url if request is not None else response.url)
-        code_part = f" [{code}]" if code else ""
-        super().__init__(f"{service} {method} {path} -> {response.status_code}{code_part}: {message}")
-
-
-class BadResponseError(DidomiDynamicsError):
-    """A success status whose body is not what the API documents (HTML page, truncated or invalid JSON)."""
-
-
-def _path_only(url: str | None) -> str:
-    """The URL without its query string: queries can be long and carry personal data."""
-    if not url:
-        return "?"
-    return url.split("?", 1)[0]
+from airflow_provider_didomi_dynamics.exceptions import ApiError, BadResponseError, path_only
 
 
 def describe_body(response: requests.Response, limit: int = 200) -> str:
@@ -54,7 +25,7 @@ def bad_body(service: str, response: requests.Response) -> BadResponseError:
     """The error for a success status whose body is not the JSON we expected: says what came back instead."""
     return BadResponseError(
         f"{service} answered {response.status_code} to {response.request.method if response.request else '?'} "
-        f"{_path_only(response.url)} with {describe_body(response)}"
+        f"{path_only(response.url)} with {describe_body(response)}"
     )
 
 

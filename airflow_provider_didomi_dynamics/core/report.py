@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from airflow_provider_didomi_dynamics.core.coerce import optional_number
+
 
 class Outcome(str, Enum):
     """Where a row ended up."""
@@ -94,13 +96,6 @@ class RunReport:
         return f"{self.operation}: {self.total} row(s): {parts or 'nothing to do'}" + (
             " (dry run)" if self.dry_run else ""
         )
-
-
-def optional_number(value: Any) -> float | None:
-    """A templated threshold: empty, 'none' or 'null' mean no threshold."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
-        return None
-    return float(value)
 
 
 def enforce_failure_threshold(

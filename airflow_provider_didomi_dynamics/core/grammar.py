@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
+from airflow_provider_didomi_dynamics.exceptions import GrammarError
+
 
 class FieldKind(str, Enum):
     """What a column names in the Didomi consent user."""
@@ -36,6 +38,16 @@ class FieldKind(str, Enum):
     VENDOR_ENABLED = "vendor_enabled"
 
 
+# The kinds whose column holds true / false / null (no choice): the only ones ``invert`` and consent rows apply to.
+BOOLEAN_KINDS = frozenset(
+    {
+        FieldKind.PURPOSE_ENABLED,
+        FieldKind.PURPOSE_ENABLED_LI,
+        FieldKind.PREFERENCE_VALUE_ENABLED,
+        FieldKind.CHANNEL_ENABLED,
+        FieldKind.VENDOR_ENABLED,
+    }
+)
 USER_FIELDS = ("organization_user_id", "user_id", "created_at", "updated_at", "country")
 READ_ONLY_USER_FIELDS = ("user_id", "created_at", "updated_at", "country")
 
@@ -65,6 +77,11 @@ class FieldRef:
     def column(self) -> str:
         return column_name(self)
 
+    @property
+    def is_boolean(self) -> bool:
+        """Whether the column holds true / false / null (no choice)."""
+        return self.kind in BOOLEAN_KINDS
+
 
 def column_name(ref: FieldRef) -> str:
     """The flat column for a field reference (the inverse of :func:`parse_column`)."""
@@ -84,10 +101,6 @@ def column_name(ref: FieldRef) -> str:
     if kind is FieldKind.CHANNEL_ENABLED:
         return f"consents_channels_{ref.channel}_enabled"
     return f"consents_vendors_{ref.vendor}_enabled"
-
-
-class GrammarError(ValueError):
-    """A column name that the grammar does not define."""
 
 
 def parse_column(column: str, known_preferences: Iterable[str] = ()) -> FieldRef:

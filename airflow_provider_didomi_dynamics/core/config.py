@@ -15,25 +15,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_didomi_dynamics.mapping.grammar import (
-    READ_ONLY_USER_FIELDS,
-    FieldKind,
-    FieldRef,
-    GrammarError,
-    parse_column,
-)
+from airflow_provider_didomi_dynamics.core.grammar import READ_ONLY_USER_FIELDS, FieldKind, FieldRef, parse_column
+from airflow_provider_didomi_dynamics.exceptions import ConfigError, GrammarError, Problem
 
 TYPE_ID = "microsoft-dynamics"
 DEFAULT_CONTACT_KEY_ATTRIBUTE = "emailaddress1"
 VARIABLE_KEY = "didomi_dynamics_config"
 _LOGICAL_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
-_BOOLEAN_KINDS = {
-    FieldKind.PURPOSE_ENABLED,
-    FieldKind.PURPOSE_ENABLED_LI,
-    FieldKind.PREFERENCE_VALUE_ENABLED,
-    FieldKind.CHANNEL_ENABLED,
-    FieldKind.VENDOR_ENABLED,
-}
 _SYSTEM_ATTRIBUTES = {"contactid", "createdon", "modifiedon", "versionnumber", "_createdby_value", "_modifiedby_value"}
 
 
@@ -81,27 +69,6 @@ class NullValues(str, Enum):
 
     SKIP = "skip"
     CLEAR = "clear"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One validation problem: where it is and what to do about it."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
-class ConfigError(ValueError):
-    """An invalid config; ``problems`` lists every problem found, each with its JSON path."""
-
-    def __init__(self, problems: list[Problem], source: str = "integration config") -> None:
-        self.problems = problems
-        self.source = source
-        lines = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"{source} has {len(problems)} problem(s):\n{lines}")
 
 
 @dataclass(frozen=True)
@@ -394,12 +361,12 @@ class _Parser:
         if raw is None:
             return Transform()
         if raw == "invert":
-            if field_ref is not None and field_ref.kind not in _BOOLEAN_KINDS:
+            if field_ref is not None and not field_ref.is_boolean:
                 self.problem(path, f"'invert' applies to true/false consent columns, not {field_ref.kind.value}")
                 return None
             return Transform(invert=True)
         if isinstance(raw, MappingABC) and raw:
-            if field_ref is not None and field_ref.kind in _BOOLEAN_KINDS:
+            if field_ref is not None and field_ref.is_boolean:
                 # a true/false column is looked up as "true" / "false"; any other key would silently never match
                 odd = [str(k) for k in raw if str(k).lower() not in ("true", "false")]
                 if odd:

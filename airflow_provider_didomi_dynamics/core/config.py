@@ -108,8 +108,9 @@ class FieldMapping:
 class IntegrationConfig:
     """The validated seed config plus the optional extensions documented in the README."""
 
-    authentication: Authentication
     mappings: tuple[FieldMapping, ...]
+    # Optional: an Airflow connection (or secrets backend) is the better home for a client secret.
+    authentication: Authentication | None = None
     upsert_mode: bool = False
     contact_key_attribute: str = DEFAULT_CONTACT_KEY_ATTRIBUTE
     null_values: NullValues = NullValues.SKIP
@@ -134,7 +135,16 @@ class IntegrationConfig:
             f"valid {self.type_id} config: {len(self.mappings)} mapping(s) "
             f"({len(self.forward_mappings)} to Dynamics, {len(self.reverse_mappings)} to Didomi), "
             f"key {self.contact_key_attribute} <- organization_user_id, upsert_mode={str(self.upsert_mode).lower()}, "
-            f"null_values={self.null_values.value}, instance {self.authentication.instance}"
+            f"null_values={self.null_values.value}, {self.credentials_summary()}"
+        )
+
+    def credentials_summary(self) -> str:
+        """Where a run's Dataverse credentials come from, as far as the config alone can tell."""
+        if self.authentication is None:
+            return "credentials: the Airflow connection only (no authentication block)"
+        return (
+            "credentials: the Airflow connection when it exists, else the authentication block "
+            f"(instance {self.authentication.instance})"
         )
 
     @classmethod
@@ -218,7 +228,7 @@ class _Parser:
             self.problem("upsert_mode", f"must be true or false, got {json.dumps(upsert_mode)}")
             upsert_mode = False
         mappings = self.parse_mappings(raw.get("mappings"), key_attribute)
-        if self.problems or authentication is None:
+        if self.problems:
             raise ConfigError(self.problems, self.source)
         return IntegrationConfig(
             authentication=authentication,
@@ -231,8 +241,7 @@ class _Parser:
         )
 
     def parse_authentication(self, raw: Any) -> Authentication | None:
-        if raw is None:
-            self.problem("authentication", "is required: {client_id, client_secret, tenant_id, instance}")
+        if raw is None:  # credentials then come from the Airflow connection; checked when a run starts
             return None
         if not isinstance(raw, MappingABC):
             self.problem("authentication", f"must be an object, got {_type_name(raw)}")

@@ -112,7 +112,6 @@ def test_every_problem_is_reported_at_once_with_its_path() -> None:
 
 def test_missing_top_level_sections_name_the_fix() -> None:
     problems = problems_of({"type_id": "microsoft-dynamics"})
-    assert "authentication: is required: {client_id, client_secret, tenant_id, instance}" in problems
     assert "mappings: is required: a list of {id, value}" in problems
     assert problems_of([]) == ["$: must be a JSON object, got a list"]
     assert "mappings: is empty; add at least one {id, value} mapping" in problems_of(base_config(mappings=[]))
@@ -227,3 +226,14 @@ def test_load_config_from_dict_text_file_and_variable(tmp_path: Path, monkeypatc
     monkeypatch.delenv("AIRFLOW_VAR_DIDOMI_DYNAMICS_CONFIG")
     with pytest.raises(ConfigError, match="Airflow Variable 'didomi_dynamics_config' is not set"):
         load_config(None)
+
+
+def test_authentication_is_optional_so_the_secret_can_live_in_a_connection() -> None:
+    """Item 10 of [architecture]: credentials belong in the ``dataverse_default`` connection or a secrets backend."""
+    raw = base_config()
+    del raw["authentication"]
+    config = IntegrationConfig.from_dict(raw)
+    assert config.authentication is None
+    assert "credentials: the Airflow connection only (no authentication block)" in config.summary()
+    with_block = IntegrationConfig.from_dict(base_config())
+    assert "else the authentication block (instance https://org.crm.dynamics.com)" in with_block.summary()

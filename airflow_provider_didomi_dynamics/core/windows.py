@@ -1,8 +1,8 @@
 """Which time window a sync covers, for scheduled runs, manual runs and re-runs alike.
 
-A scheduled run with ``CronDataIntervalTimetable`` has a real data interval. A run triggered from the UI may have
-none (or a zero-length one): then explicit ``since``/``until`` win, else the end of the previous successful run,
-else a lookback. ``full_sync`` means everything.
+A scheduled run with ``CronDataIntervalTimetable`` has a real data interval and keeps it. A run a person starts
+(UI, REST API, CLI) covers up to now whatever logical date it was given: explicit ``since``/``until`` win, else the
+end of the previous successful run, else a lookback. ``full_sync`` means everything.
 """
 
 from __future__ import annotations
@@ -63,10 +63,35 @@ def resolve_window(
     context = context or {}
     interval_start = parse_instant(context.get("data_interval_start"), "data_interval_start")
     interval_end = parse_instant(context.get("data_interval_end"), "data_interval_end")
-    if interval_start is not None and interval_end is not None and interval_start < interval_end:
+    has_interval = interval_start is not None and interval_end is not None and interval_start < interval_end
+    manual = is_manual_run(context)
+    if has_interval and not manual:
         return SyncWindow(interval_start, interval_end, "data interval")
+    # A person pressing Trigger wants what changed up to now; the dialog's inferred interval (the last complete
+    # hour) would miss the edits they just made.
+    why = " (a manual run: its inferred data interval is not used)" if has_interval else ""
     current = now or dt.datetime.now(dt.timezone.utc)
-    previous_end = parse_instant(context.get("prev_data_interval_end_success"), "prev_data_interval_end_success")
+    previous_end = _previous_run_end(context)
     if previous_end is not None and previous_end < current:
-        return SyncWindow(previous_end, current, "end of the previous successful run")
-    return SyncWindow(current - lookback, current, f"lookback of {lookback}")
+        return SyncWindow(previous_end, current, "end of the previous successful run" + why)
+    return SyncWindow(current - lookback, current, f"lookback of {lookback}" + why)
+
+
+def is_manual_run(context: Mapping[str, Any]) -> bool:
+    """Whether a person (UI, REST API, ``airflow dags trigger``, ``dag.test()``) started the run."""
+    run_type = getattr(context.get("dag_run"), "run_type", None)
+    return str(getattr(run_type, "value", run_type)) == "manual"
+
+
+def _previous_run_end(context: Mapping[str, Any]) -> dt.datetime | None:
+    """Where the previous successful run's window ended, erring early.
+
+    A scheduled run's window ends at its data interval end; a manual run's at about its start (its interval is the
+    inferred one). The earlier of the two never leaves a gap; the overlap re-reads rows the push finds unchanged.
+    """
+    ends = [
+        parse_instant(context.get("prev_data_interval_end_success"), "prev_data_interval_end_success"),
+        parse_instant(context.get("prev_start_date_success"), "prev_start_date_success"),
+    ]
+    known = [moment for moment in ends if moment is not None]
+    return min(known) if known else None

@@ -55,3 +55,37 @@ def test_bad_windows_name_the_field_and_the_fix() -> None:
         resolve_window(None, since="2026-11-02", until="2026-11-01")
     with pytest.raises(WindowError, match="until: 'yesterday' is not an ISO 8601 date-time"):
         resolve_window(None, until="yesterday")
+
+
+class _Run:
+    def __init__(self, run_type: str) -> None:
+        self.run_type = run_type
+
+
+def test_a_manual_run_catches_up_to_now_whatever_interval_the_dialog_inferred() -> None:
+    """The UI's trigger dialog infers the last complete hour; a person's edits of a minute ago must be in the run."""
+    last_hour = {"data_interval_start": NOW - dt.timedelta(hours=2), "data_interval_end": NOW - dt.timedelta(hours=1)}
+    previous = {"prev_data_interval_end_success": NOW - dt.timedelta(hours=3)}
+    manual = resolve_window({**last_hour, **previous, "dag_run": _Run("manual")}, now=NOW)
+    assert (manual.start, manual.end) == (NOW - dt.timedelta(hours=3), NOW)
+    assert manual.source == "end of the previous successful run (a manual run: its inferred data interval is not used)"
+    scheduled = resolve_window({**last_hour, **previous, "dag_run": _Run("scheduled")}, now=NOW)
+    assert (scheduled.start, scheduled.end, scheduled.source) == (
+        last_hour["data_interval_start"],
+        NOW - dt.timedelta(hours=1),
+        "data interval",
+    )
+    first = resolve_window({**last_hour, "dag_run": _Run("manual")}, lookback=dt.timedelta(hours=6), now=NOW)
+    assert (first.start, first.end) == (NOW - dt.timedelta(hours=6), NOW)
+
+
+def test_after_a_manual_run_the_next_starts_no_later_than_where_that_one_began() -> None:
+    """A manual run's own interval end is the inferred hour; its start date bounds where its window really ended."""
+    context = {
+        "dag_run": _Run("manual"),
+        "prev_data_interval_end_success": NOW - dt.timedelta(minutes=50),
+        "prev_start_date_success": NOW - dt.timedelta(minutes=20),
+    }
+    assert resolve_window(context, now=NOW).start == NOW - dt.timedelta(minutes=50)
+    context["prev_data_interval_end_success"] = None
+    assert resolve_window(context, now=NOW).start == NOW - dt.timedelta(minutes=20)

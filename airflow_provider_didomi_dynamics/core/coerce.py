@@ -122,7 +122,9 @@ def utc_or_none(text: Any) -> dt.datetime | None:
 
 
 def parse_instant(value: Any, name: str) -> dt.datetime | None:
-    """A person's ISO 8601 instant (a param) as aware UTC; empty means not given, junk is an error naming ``name``."""
+    """A person's ISO 8601 instant (a param, a context value) as aware UTC; empty means not given, junk is an error
+    naming ``name``. Airflow hands context values such as ``prev_data_interval_end_success`` as lazy proxies."""
+    value = getattr(value, "__wrapped__", value)
     if is_missing(value) or (isinstance(value, str) and value.strip().lower() in EMPTY_TEXTS):
         return None
     moment = as_utc(value if isinstance(value, dt.datetime) else str(value))

@@ -162,3 +162,19 @@ def test_dry_run_reports_the_events_and_sends_none(sync: Sync) -> None:
     assert sorted(row["key"] for row in report["sample_changes"]) == edited
     assert len(sync.didomi.events()) == events_before
     assert sync.users() == users_before
+
+
+def test_a_manual_run_with_the_dialogs_logical_date_catches_up_to_now(sync: Sync) -> None:
+    """[operator-experience] item 1: the trigger dialog sends a logical date of now, so Airflow infers the last
+    complete hour as the data interval; the person's edits of a moment ago must still be in the run."""
+    sync.seed(users=300)
+    first = sync.reverse(full_sync=True)  # the previous successful run
+    assert first.state == "success", first.task_states
+    edited = sorted(edit(sync, 3))
+    events_before = sync.events_by_user()
+
+    result = sync.reverse(logical_date=dt.datetime.now(dt.timezone.utc))
+
+    assert result.state == "success", result.task_states
+    assert counts(push_report(result, "push_consents")) == {"sent": len(edited)}
+    assert set(sync.events_by_user() - events_before) == set(edited)

@@ -6,20 +6,9 @@ import pytest
 
 from airflow_provider_didomi_dynamics.core.config import IntegrationConfig
 from airflow_provider_didomi_dynamics.exceptions import PreflightError
-from airflow_provider_didomi_dynamics.preflight import (
-    FAIL,
-    OK,
-    WARN,
-    AttributeInfo,
-    Check,
-    ConsentScan,
-    DataverseFacts,
-    DidomiFacts,
-    PreflightReport,
-    attribute_checks,
-    judge,
-    required_sync_privileges,
-)
+from airflow_provider_didomi_dynamics.preflight.checks import attribute_checks, judge, required_sync_privileges
+from airflow_provider_didomi_dynamics.preflight.facts import AttributeInfo, ConsentScan, DataverseFacts, DidomiFacts
+from airflow_provider_didomi_dynamics.preflight.report import FAIL, OK, WARN, Check, PreflightReport
 
 AUTH = {"client_id": "c", "client_secret": "s3cret-value", "tenant_id": "t", "instance": "https://org.crm.dynamics.com"}
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_didomi_dynamics.hooks.dataverse.caches import BULK_SUPPORT
 from airflow_provider_didomi_dynamics.hooks.dataverse.odata import odata_string
-from airflow_provider_didomi_dynamics.hooks.dataverse.settings import DataverseSettings
 from airflow_provider_didomi_dynamics.hooks.dataverse.tables import CONTACT, Table, as_table
+
+if TYPE_CHECKING:
+    from airflow_provider_didomi_dynamics.hooks.dataverse.settings import DataverseSettings
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +34,15 @@ class DataverseMetadata:
     """Metadata reads of the Dataverse hook."""
 
     _user_id: str | None
-    settings: DataverseSettings
 
-    def get_json(
-        self, path: str, query: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None
-    ) -> Any:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by DataverseHook
+
+        @property
+        def settings(self) -> DataverseSettings: ...
+
+        def get_json(
+            self, path: str, query: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None
+        ) -> Any: ...
 
     # ---- identity and security -----------------------------------------------------------------------------------
 

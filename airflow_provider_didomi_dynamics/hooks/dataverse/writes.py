@@ -33,7 +33,19 @@ class DataverseWrites:
 
     if TYPE_CHECKING:  # provided by DataverseHook and DataverseMetadata
 
-        def request(self, method: str, path: str, **kwargs: Any) -> requests.Response: ...
+        def request(
+            self,
+            method: str,
+            path: str,
+            *,
+            query: Mapping[str, str] | None = None,
+            json_body: Any = None,
+            data: bytes | None = None,
+            headers: Mapping[str, str] | None = None,
+            describe: str | None = None,
+            idempotent: bool = True,
+            raise_for_status: bool = True,
+        ) -> requests.Response: ...
 
         def url(self, path: str, query: Mapping[str, str] | None = None) -> str: ...
 

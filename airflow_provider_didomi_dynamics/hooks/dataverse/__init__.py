@@ -2,7 +2,8 @@
 
 ``from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook`` is the import to use; the modules:
 
-- ``hook``: requests (retry policy, gate, pacing), paged reads, key lookups, bulk writes, the connection test
+- ``hook``: requests (retry policy, gate, pacing), paged reads, key lookups, the connection test
+- ``writes``: ``CreateMultiple`` / ``UpdateMultiple`` / ``UpsertMultiple`` and their ``$batch`` fallback
 - ``metadata``: the application user, privileges and roles, columns, alternate keys, bulk messages, endpoints
 - ``settings``: the connection's fields, validated; ``auth``: msal apps and bearer tokens, Entra ID wording
 - ``odata``: quoting, ``In`` filters and URL-length chunking, datetimes; ``tables``: the ``Table`` descriptor

@@ -1,8 +1,14 @@
-"""DidomiHook: the Didomi consent API (users and events) on top of providers-http's HttpHook.
+"""DidomiHook: the Didomi consent API (users and events).
 
 One pooled ``requests`` session per hook, TLS trust passed per request (environment CA variables cannot replace a
 private CA), a bearer token fetched lazily and renewed before it expires and once on 401, and the retry policy the
 Dataverse hook shares (429 honours ``Retry-After`` through one gate; 5xx and dropped connections back off).
+
+Built on ``BaseHook`` with the session made once in a ``cached_property``, as apache/airflow's Salesforce hook
+builds its client, rather than on providers-http's ``HttpHook``: HttpHook's session sends login/password as basic
+auth (Didomi wants them only in ``POST /v1/sessions``), turns unknown extras (``organization_id``) into headers and
+defaults a bare host to ``http://``; keeping it meant overriding its private methods, which break silently when
+providers-http changes them. Its ``run`` offers nothing the shared retry policy does not.
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, TypeVar
 
 import msgspec
 import requests
-from airflow.providers.http.hooks.http import HttpHook
+from airflow.sdk import BaseHook
 from requests.adapters import HTTPAdapter
 
 from airflow_provider_didomi_dynamics.exceptions import (
@@ -84,7 +91,7 @@ class EventResult:
         return row
 
 
-class DidomiHook(HttpHook):
+class DidomiHook(BaseHook):
     """Talk to the Didomi consent API with an API key (login) and secret (password).
 
     Extras, read key by key: ``organization_id`` (required), ``ca_bundle`` (a private CA file) and ``timeout``
@@ -106,9 +113,10 @@ class DidomiHook(HttpHook):
         pool_size: int = 16,
         max_workers: int = 8,
     ) -> None:
-        adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
-        super().__init__(method="GET", http_conn_id=didomi_conn_id, adapter=adapter)
+        super().__init__()
         self.didomi_conn_id = didomi_conn_id
+        self.pool_size = pool_size
+        self.base_url = ""
         self.retry_policy = retry_policy or RetryPolicy()
         self.gate = gate or ThrottleGate()
         self.max_workers = max(1, min(max_workers, pool_size))
@@ -142,80 +150,74 @@ class DidomiHook(HttpHook):
             },
         }
 
-    # ------------------------------------------------------------------ HttpHook overrides
-
-    def _set_base_url(self, connection: Any) -> None:
-        """Like HttpHook's, but a host without a scheme means HTTPS (Didomi has no plain-HTTP endpoint)."""
-        host = (connection.host or self.default_host).rstrip("/")
-        if "://" not in host:
-            host = f"{connection.schema or 'https'}://{host}"
-        if connection.port:
-            host = f"{host}:{connection.port}"
-        self.base_url = host
-        self._base_url_initialized = True
-
-    def _configure_session_from_auth(self, session: requests.Session, connection: Any) -> requests.Session:
-        # Didomi takes a bearer token, never basic auth: login/password go to POST /v1/sessions only.
-        session.auth = None
-        return session
-
-    def _configure_session_from_extra(
-        self, session: requests.Session, connection: Any, extra_options: dict[str, Any]
-    ) -> requests.Session:
-        # HttpHook would turn unknown extras (organization_id, ca_bundle) into HTTP headers; extras are read by name.
-        return session
-
     # ------------------------------------------------------------------ setup and token
 
-    def _ensure_setup(self) -> requests.Session:
-        if self._session is not None:
-            return self._session
+    @cached_property
+    def session(self) -> requests.Session:
+        """The pooled session, built once from the connection (fields read by name, checked, secret masked).
+
+        Built under a lock: two workers sending the first request at once must not build two pools
+        (``cached_property`` alone does not lock on Python 3.12+).
+        """
         with self._setup_lock:
-            if self._session is not None:
-                return self._session
-            connection = self.get_connection(self.didomi_conn_id)
-            extra = connection.extra_dejson
-            self._key = connection.login or ""
-            self._secret = connection.password or ""
-            mask_secret(self._secret)
-            if not self._key or not self._secret:
+            if self._session is None:
+                self._session = self._new_session()
+            return self._session
+
+    def _new_session(self) -> requests.Session:
+        connection = self.get_connection(self.didomi_conn_id)
+        extra = connection.extra_dejson
+        self._key = connection.login or ""
+        self._secret = connection.password or ""
+        mask_secret(self._secret)
+        if not self._key or not self._secret:
+            raise ConnectionSetupError(
+                f"connection {self.didomi_conn_id!r} needs the Didomi API key as login and the secret as password"
+            )
+        organization_id = extra.get("organization_id")
+        if not isinstance(organization_id, str) or not organization_id.strip():
+            raise ConnectionSetupError(
+                f"connection {self.didomi_conn_id!r} has no organization_id extra; "
+                'set extra to {"organization_id": "<your Didomi organization id>"}'
+            )
+        self._organization_id = organization_id.strip()
+        ca_bundle = extra.get("ca_bundle")
+        self._verify = verify_setting(str(ca_bundle) if ca_bundle else None)
+        timeout = extra.get("timeout")
+        if timeout not in (None, ""):
+            try:
+                seconds = float(timeout)
+            except (TypeError, ValueError):
                 raise ConnectionSetupError(
-                    f"connection {self.didomi_conn_id!r} needs the Didomi API key as login and the secret as password"
-                )
-            organization_id = extra.get("organization_id")
-            if not isinstance(organization_id, str) or not organization_id.strip():
-                raise ConnectionSetupError(
-                    f"connection {self.didomi_conn_id!r} has no organization_id extra; "
-                    'set extra to {"organization_id": "<your Didomi organization id>"}'
-                )
-            self._organization_id = organization_id.strip()
-            ca_bundle = extra.get("ca_bundle")
-            self._verify = verify_setting(str(ca_bundle) if ca_bundle else None)
-            timeout = extra.get("timeout")
-            if timeout not in (None, ""):
-                try:
-                    seconds = float(timeout)
-                except (TypeError, ValueError):
-                    raise ConnectionSetupError(
-                        f"connection {self.didomi_conn_id!r}: extra timeout must be a number of seconds, "
-                        f"got {timeout!r}"
-                    ) from None
-                self._timeout = (min(10.0, seconds), seconds)
-            session = self.get_conn()  # base_url, keep-alive adapter with the pool size, default headers
-            session.headers["Accept"] = "application/json"
-            if session.trust_env:
-                # Resolve proxy variables (and NO_PROXY) once: with trust_env requests re-reads the whole
-                # environment and ~/.netrc on every call, about a millisecond per page of a 100k-user scan.
-                session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
-                session.trust_env = False
-            self._session = session
-            return session
+                    f"connection {self.didomi_conn_id!r}: extra timeout must be a number of seconds, got {timeout!r}"
+                ) from None
+            self._timeout = (min(10.0, seconds), seconds)
+        self.base_url = _base_url(connection, self.default_host)
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=self.pool_size, pool_maxsize=self.pool_size, max_retries=0)
+        session.mount(f"{self.base_url.split('://', 1)[0]}://", adapter)
+        session.headers["Accept"] = "application/json"
+        # Resolve proxy variables (and NO_PROXY) once: with trust_env requests re-reads the whole environment and
+        # ~/.netrc on every call, about a millisecond per page of a 100k-user scan.
+        session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
+        session.trust_env = False
+        return session
+
+    def _ensure_setup(self) -> requests.Session:
+        """The session (set up on first use)."""
+        return self.session
+
+    def get_conn(self) -> requests.Session:
+        """BaseHook's accessor: the pooled session."""
+        return self.session
 
     def close(self) -> None:
         """Close the pooled connections (a task's hook is done; the token is forgotten with them)."""
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        with self._setup_lock:
+            self.__dict__.pop("session", None)
+            if self._session is not None:
+                self._session.close()
+                self._session = None
         self._token = None
 
     @property
@@ -559,6 +561,17 @@ class DidomiHook(HttpHook):
         finally:
             self.retry_policy = policy
         return True, connected
+
+
+def _base_url(connection: Any, default_host: str) -> str:
+    """The API URL: the host (``default_host`` when empty), ``https://`` unless the host or the schema field says
+    otherwise (Didomi has no plain-HTTP endpoint), then the port field."""
+    host = (connection.host or default_host).rstrip("/")
+    if "://" not in host:
+        host = f"{connection.schema or 'https'}://{host}"
+    if connection.port:
+        host = f"{host}:{connection.port}"
+    return host
 
 
 def _message(response: requests.Response) -> str:

@@ -12,7 +12,7 @@ from dag_e2e_support import Sync, push_report
 
 from airflow_provider_didomi_dynamics.core.config import Authentication, Secret
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
-from airflow_provider_didomi_dynamics.hooks.dataverse_webhooks import WebhookSpec, ensure_webhook
+from airflow_provider_didomi_dynamics.hooks.dataverse.webhooks import WebhookSpec, ensure_webhook
 
 
 def test_a_delivered_webhook_payload_triggers_a_run_that_reaches_didomi(sync: Sync) -> None:

@@ -23,7 +23,7 @@ from airflow_provider_didomi_dynamics.hooks.dataverse import (
     odata_string,
     quote_value,
 )
-from airflow_provider_didomi_dynamics.hooks.dataverse_batch import (
+from airflow_provider_didomi_dynamics.hooks.dataverse.batch import (
     BatchRequest,
     build_changeset_batch,
     parse_batch_response,

@@ -14,7 +14,7 @@ import pytest
 from preflight_support import Setup
 
 from airflow_provider_didomi_dynamics.emulators.runner import RunningEmulators, connection_env
-from airflow_provider_didomi_dynamics.preflight import forget_preflight_cache
+from airflow_provider_didomi_dynamics.preflight.run import forget_preflight_cache
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "dags" / "config" / "demo.json"
 

@@ -10,7 +10,8 @@ from airflow_provider_didomi_dynamics.core.config import IntegrationConfig
 from airflow_provider_didomi_dynamics.emulators.runner import RunningEmulators
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
-from airflow_provider_didomi_dynamics.preflight import PreflightReport, run_preflight
+from airflow_provider_didomi_dynamics.preflight.report import PreflightReport
+from airflow_provider_didomi_dynamics.preflight.run import run_preflight
 from airflow_provider_didomi_dynamics.transport.retry import RetryPolicy
 
 FAST = RetryPolicy(max_attempts=2, max_total_wait_s=2.0, backoff_initial_s=0.05, backoff_max_s=0.1)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from preflight_support import Setup
 
-from airflow_provider_didomi_dynamics.preflight import add_preflight_arguments, main_preflight
+from airflow_provider_didomi_dynamics.preflight.command import add_preflight_arguments, main_preflight
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -14,7 +14,8 @@ from airflow_provider_didomi_dynamics.emulators.runner import connection_env
 from airflow_provider_didomi_dynamics.exceptions import PreflightError
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
-from airflow_provider_didomi_dynamics.preflight import FAIL, OK, WARN, preflight_task
+from airflow_provider_didomi_dynamics.preflight.report import FAIL, OK, WARN
+from airflow_provider_didomi_dynamics.preflight.run import preflight_task
 
 DEMO_CHECKS = [
     "Dataverse connection",

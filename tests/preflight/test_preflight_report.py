@@ -6,20 +6,10 @@ import pytest
 
 from airflow_provider_didomi_dynamics.core.config import IntegrationConfig
 from airflow_provider_didomi_dynamics.exceptions import PreflightError
-from airflow_provider_didomi_dynamics.preflight import (
-    FAIL,
-    OK,
-    WARN,
-    AttributeInfo,
-    Check,
-    ConsentScan,
-    DataverseFacts,
-    DidomiFacts,
-    PreflightReport,
-    attribute_checks,
-    judge,
-    required_sync_privileges,
-)
+from airflow_provider_didomi_dynamics.preflight.checks import judge, required_sync_privileges
+from airflow_provider_didomi_dynamics.preflight.columns import attribute_checks
+from airflow_provider_didomi_dynamics.preflight.facts import AttributeInfo, ConsentScan, DataverseFacts, DidomiFacts
+from airflow_provider_didomi_dynamics.preflight.report import FAIL, OK, WARN, Check, PreflightReport
 
 AUTH = {"client_id": "c", "client_secret": "s3cret-value", "tenant_id": "t", "instance": "https://org.crm.dynamics.com"}
 
@@ -162,3 +152,26 @@ def test_a_failed_dataverse_connection_skips_its_checks_but_not_didomis() -> Non
         ("Didomi consent ids", WARN),
     ]
     assert "no consent users yet" in checks[2].message
+
+
+def test_report_is_transient_only_when_every_failure_may_pass_later() -> None:
+    from airflow_provider_didomi_dynamics.exceptions import PreflightError
+
+    outage = Check("Didomi connection", FAIL, "Didomi is unavailable", transient=True)
+    missing = Check("Attribute new_x", FAIL, "contact has no attribute")
+    assert PreflightReport([outage, Check("b", WARN, "hmm")]).transient
+    assert not PreflightReport([outage, missing]).transient
+    assert not PreflightReport([Check("a", OK, "fine")]).transient
+    assert PreflightError(PreflightReport([outage])).retryable
+    assert not PreflightError(PreflightReport([outage, missing])).retryable
+
+
+def test_a_connection_that_did_not_answer_is_a_transient_failure() -> None:
+    cfg = config([{"id": "donotbulkemail", "value": "consents_purposes_newsletter_enabled"}])
+    dataverse = DataverseFacts(connection_error="Cannot reach the Dataverse instance", transient={"connection"})
+    didomi = DidomiFacts(connection_error="Didomi connection 'didomi_default' failed: rejected")
+    checks = judge(cfg, dataverse, didomi)
+    assert [c.transient for c in checks if c.status == FAIL] == [True, False]
+    assert not PreflightReport(checks).transient
+    didomi = DidomiFacts(connection_error="Didomi is unavailable", connection_transient=True)
+    assert PreflightReport(judge(cfg, dataverse, didomi)).transient

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook, odata_string
+from airflow_provider_didomi_dynamics.hooks.dataverse.hook import DataverseHook
+from airflow_provider_didomi_dynamics.hooks.dataverse.odata import odata_string
 
 WEBHOOK_CONTRACT = 8
 AUTH_HTTP_HEADER = 5

@@ -18,6 +18,9 @@ from typing import Any
 
 import requests
 
+from airflow_provider_didomi_dynamics.exceptions import ApiError
+from airflow_provider_didomi_dynamics.transport.answers import error_from_response
+
 MAX_BATCH_REQUESTS = 1000
 CRLF = "\r\n"
 
@@ -85,6 +88,16 @@ def _parts(requests_: Sequence[BatchRequest], boundary: str, *, content_ids: boo
         body = request.body
         lines.append(json.dumps(body, ensure_ascii=False, separators=(",", ":")) if body is not None else "")
     return lines
+
+
+def batch_answers(service: str, response: requests.Response) -> list[BatchResponse]:
+    """The parts of a ``$batch`` answer; an answer that is not multipart raises (its error, or a bad-body error)."""
+    content_type = response.headers.get("Content-Type", "")
+    if not content_type.startswith("multipart/"):
+        if response.status_code >= 400:
+            raise error_from_response(service, response)
+        raise ApiError(service, response, f"$batch answered {content_type or 'no content type'}, not multipart")
+    return parse_batch_response(content_type, response.content)
 
 
 def parse_batch_response(content_type: str, body: bytes) -> list[BatchResponse]:

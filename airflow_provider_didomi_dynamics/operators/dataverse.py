@@ -22,7 +22,6 @@ import requests
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_provider_didomi_dynamics.conflicts import columns_the_contact_keeps
 from airflow_provider_didomi_dynamics.core.coerce import flag, guid_list
 from airflow_provider_didomi_dynamics.core.config import IntegrationConfig, load_config
 from airflow_provider_didomi_dynamics.core.report import Outcome, RunReport, enforce_failure_threshold
@@ -30,7 +29,8 @@ from airflow_provider_didomi_dynamics.core.windows import DEFAULT_LOOKBACK, Sync
 from airflow_provider_didomi_dynamics.exceptions import AmbiguousWriteError, ApiError, DidomiDynamicsError
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook, in_filter, key_path_is_safe, odata_string
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
-from airflow_provider_didomi_dynamics.operators.contact_diff import (
+from airflow_provider_didomi_dynamics.sync.conflicts import columns_the_contact_keeps
+from airflow_provider_didomi_dynamics.sync.contact_plan import (
     InputRow,
     PlannedWrite,
     PushPlan,
@@ -40,7 +40,7 @@ from airflow_provider_didomi_dynamics.operators.contact_diff import (
     plan_push,
     rows_from_input,
 )
-from airflow_provider_didomi_dynamics.retry_queue import RetryQueue, hand_over
+from airflow_provider_didomi_dynamics.sync.retry_queue import RetryQueue, hand_over
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ from typing import Any
 import pandas as pd
 from airflow.sdk import BaseOperator, Context
 
-from airflow_provider_didomi_dynamics.conflicts import fields_didomi_changed_after
 from airflow_provider_didomi_dynamics.core.coerce import as_utc, flag, id_list, iso_millis, text_or_none, utc_or_none
 from airflow_provider_didomi_dynamics.core.config import load_config
 from airflow_provider_didomi_dynamics.core.report import Outcome, RunReport, enforce_failure_threshold
@@ -28,7 +27,8 @@ from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook, EventResul
 from airflow_provider_didomi_dynamics.mapping.events import build_event, changed_fields
 from airflow_provider_didomi_dynamics.mapping.flatten import UserFrameBuilder, flatten_user
 from airflow_provider_didomi_dynamics.mapping.forward import known_preferences
-from airflow_provider_didomi_dynamics.retry_queue import RetryQueue, hand_over
+from airflow_provider_didomi_dynamics.sync.conflicts import fields_didomi_changed_after
+from airflow_provider_didomi_dynamics.sync.retry_queue import RetryQueue, hand_over
 from airflow_provider_didomi_dynamics.transport.retry import RetryPolicy
 
 __all__ = [

@@ -20,6 +20,9 @@ import pandas as pd
 from airflow_provider_didomi_dynamics.core.coerce import as_utc
 from airflow_provider_didomi_dynamics.core.config import NullValues
 
+# The Dataverse table both contact engines (push_contacts, pull_contacts) read and write.
+ENTITY = "contact"
+ENTITY_SET = "contacts"
 KEY_COLUMN = "organization_user_id"
 UPDATED_AT_COLUMN = "updated_at"
 REASON_COLUMN = "reason"

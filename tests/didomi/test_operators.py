@@ -16,11 +16,8 @@ from airflow_provider_didomi_dynamics.emulators.didomi import DidomiEmulator
 from airflow_provider_didomi_dynamics.exceptions import WindowError
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
 from airflow_provider_didomi_dynamics.mapping.reverse import reverse_map
-from airflow_provider_didomi_dynamics.operators.didomi import (
-    DidomiPullConsentsOperator,
-    DidomiPushConsentsOperator,
-    event_id,
-)
+from airflow_provider_didomi_dynamics.operators.didomi import DidomiPullConsentsOperator, DidomiPushConsentsOperator
+from airflow_provider_didomi_dynamics.sync.push_consents import event_id
 
 UTC = dt.timezone.utc
 CONFIG: dict[str, Any] = {

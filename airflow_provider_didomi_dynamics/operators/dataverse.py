@@ -20,6 +20,7 @@ from airflow_provider_didomi_dynamics.core.report import RunReport, enforce_fail
 from airflow_provider_didomi_dynamics.core.windows import DEFAULT_LOOKBACK, SyncWindow, resolve_window
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
+from airflow_provider_didomi_dynamics.operators.fail_fast import fails_fast
 from airflow_provider_didomi_dynamics.sync.pull_contacts import pull_contacts
 from airflow_provider_didomi_dynamics.sync.push_contacts import PushOptions, push_contacts
 from airflow_provider_didomi_dynamics.sync.retry_queue import RetryQueue, hand_over
@@ -99,6 +100,7 @@ class DataversePushContactsOperator(BaseOperator):
         parallelism = int(self.max_parallelism) if self.max_parallelism else None
         return DataverseHook.for_config(self.dataverse_conn_id, config, max_parallelism=parallelism)
 
+    @fails_fast
     def execute(self, context: Any) -> dict[str, Any]:
         config = load_config(self.config)
         options = PushOptions(
@@ -197,6 +199,7 @@ class DataversePullContactsOperator(BaseOperator):
             lookback=self.lookback,
         )
 
+    @fails_fast
     def execute(self, context: Any) -> pd.DataFrame:
         config = load_config(self.config)
         targeted = guid_list(self.contact_ids)

@@ -17,6 +17,7 @@ from airflow_provider_didomi_dynamics.core.config import load_config
 from airflow_provider_didomi_dynamics.core.report import RunReport, enforce_failure_threshold
 from airflow_provider_didomi_dynamics.core.windows import DEFAULT_LOOKBACK, SyncWindow, resolve_window
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
+from airflow_provider_didomi_dynamics.operators.fail_fast import fails_fast
 from airflow_provider_didomi_dynamics.sync.pull_consents import pull_consents
 from airflow_provider_didomi_dynamics.sync.push_consents import (
     ConsentPushOptions,
@@ -86,6 +87,7 @@ class DidomiPullConsentsOperator(BaseOperator):
             return SyncWindow(None, None, "no data interval and no previous successful run: full scan")
         return window
 
+    @fails_fast
     def execute(self, context: Context) -> pd.DataFrame:
         targeted = id_list(self.organization_user_ids)
         window = None if targeted else self.resolve_window(context)
@@ -156,6 +158,7 @@ class DidomiPushConsentsOperator(BaseOperator):
     def make_hook(self) -> DidomiHook:
         return DidomiHook(self.didomi_conn_id, retry_policy=self.http_retry_policy)
 
+    @fails_fast
     def execute(self, context: Context) -> dict[str, Any]:
         options = ConsentPushOptions(
             dry_run=flag(self.is_dry_run, "dry_run"), disable_integrations=self.disable_integrations

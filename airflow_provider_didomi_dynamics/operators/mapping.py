@@ -15,6 +15,7 @@ from airflow_provider_didomi_dynamics.core.config import IntegrationConfig, load
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 from airflow_provider_didomi_dynamics.mapping.forward import forward_map
 from airflow_provider_didomi_dynamics.mapping.reverse import reverse_map
+from airflow_provider_didomi_dynamics.operators.fail_fast import fails_fast
 from airflow_provider_didomi_dynamics.sync.pull_contacts import column_defaults
 
 
@@ -33,6 +34,7 @@ class ApplyConsentMappingOperator(BaseOperator):
         self.users = users
         self.config = config
 
+    @fails_fast
     def execute(self, context: Context) -> pd.DataFrame:
         config = load_config(self.config)
         frame = self.users if isinstance(self.users, pd.DataFrame) else pd.DataFrame()
@@ -86,6 +88,7 @@ class ReverseConsentMappingOperator(BaseOperator):
         finally:
             hook.close()
 
+    @fails_fast
     def execute(self, context: Context) -> pd.DataFrame:
         config = load_config(self.config)
         frame = self.contacts if isinstance(self.contacts, pd.DataFrame) else pd.DataFrame()

@@ -22,7 +22,7 @@ import pandas as pd
 from airflow_provider_didomi_dynamics.core.coerce import as_utc, iso_millis, text_or_none, utc_or_none
 from airflow_provider_didomi_dynamics.core.config import IntegrationConfig
 from airflow_provider_didomi_dynamics.core.report import Outcome, RunReport
-from airflow_provider_didomi_dynamics.exceptions import EventFieldError
+from airflow_provider_didomi_dynamics.exceptions import EventFieldError, InputError
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook, EventResult
 from airflow_provider_didomi_dynamics.mapping.events import build_event, changed_fields
 from airflow_provider_didomi_dynamics.mapping.flatten import flatten_user
@@ -58,7 +58,7 @@ def _records(data: Any) -> list[dict[str, Any]]:
     if isinstance(data, Mapping):
         data = [data]
     if not isinstance(data, Sequence) or not all(isinstance(r, Mapping) for r in data):
-        raise TypeError(
+        raise InputError(
             "events must be the reverse-mapped frame (organization_user_id, contactid, modifiedon, fields, event) "
             f"or a list of such rows, got {type(data).__name__}"
         )

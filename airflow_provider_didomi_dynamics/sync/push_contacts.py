@@ -22,7 +22,13 @@ import requests
 
 from airflow_provider_didomi_dynamics.core.config import IntegrationConfig
 from airflow_provider_didomi_dynamics.core.report import Outcome, RunReport
-from airflow_provider_didomi_dynamics.exceptions import AmbiguousWriteError, ApiError, DidomiDynamicsError
+from airflow_provider_didomi_dynamics.exceptions import (
+    AmbiguousWriteError,
+    ApiError,
+    DidomiDynamicsError,
+    MissingColumnError,
+    ParamError,
+)
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook, key_path_is_safe, odata_string
 from airflow_provider_didomi_dynamics.sync.conflicts import columns_the_contact_keeps
 from airflow_provider_didomi_dynamics.sync.contact_plan import (
@@ -117,7 +123,7 @@ class ContactPusher:
         self.config = config
         self.options = options or PushOptions()
         if self.options.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.options.batch_size}")
+            raise ParamError(f"batch_size must be at least 1, got {self.options.batch_size}")
         self.key_attribute = config.contact_key_attribute
         self.attributes = [m.attribute for m in config.forward_mappings]
         self.failed_inputs: list[dict[str, Any]] = []
@@ -182,7 +188,7 @@ class ContactPusher:
         known = {str(a.get("LogicalName")) for a in self.hook.get_attributes(ENTITY)}
         missing = [a for a in [self.key_attribute, *self.attributes] if a not in known]
         if missing:
-            raise ValueError(
+            raise MissingColumnError(
                 f"the contact table has no column {', '.join(missing)}; fix the mapping ids or "
                 "properties.contact_key_attribute (logical names are lowercase, e.g. donotbulkemail)"
             )

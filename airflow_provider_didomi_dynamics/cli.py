@@ -46,7 +46,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
-    from airflow_provider_didomi_dynamics.preflight import main_preflight
+    from airflow_provider_didomi_dynamics.preflight.command import main_preflight
 
     return main_preflight(args)
 
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default=".demo", help="where the demo keeps its Airflow home and emulator files")
     demo.set_defaults(func=cmd_demo)
 
-    from airflow_provider_didomi_dynamics.preflight import add_preflight_arguments
+    from airflow_provider_didomi_dynamics.preflight.command import add_preflight_arguments
 
     preflight = commands.add_parser(
         "preflight", help="check connections, privileges, mapped attributes and consent ids before a sync"

@@ -65,6 +65,10 @@ class WebhookPayloadError(ParamError):
     """A webhook payload (``remote_execution_context``) that is not a contact RemoteExecutionContext."""
 
 
+class InputError(ParamError, TypeError):
+    """A task input (usually an upstream task's output) that is not the frame or rows the engine takes."""
+
+
 class ConnectionSetupError(DidomiDynamicsError, ValueError):
     """An Airflow connection that is missing, or lacks a field the hook needs (host, login, password, an extra)."""
 
@@ -90,6 +94,10 @@ class MalformedUserError(DidomiDynamicsError, TypeError):
 
 class ReverseMappingError(DidomiDynamicsError, ValueError):
     """The contacts frame lacks a column the reverse mapping needs."""
+
+
+class MissingColumnError(DidomiDynamicsError, ValueError):
+    """A mapped column the Dataverse table does not have: every row would fail, a person fixes the mapping."""
 
 
 class EventFieldError(DidomiDynamicsError, ValueError):
@@ -178,7 +186,7 @@ class PreflightError(DidomiDynamicsError):
 
     @property
     def retryable(self) -> bool:  # type: ignore[override]
-        return bool(self.report.transient)
+        return bool(getattr(self.report, "transient", True))  # a report that cannot tell keeps Airflow's retries
 
 
 class ServiceUnavailableError(DidomiDynamicsError):
@@ -228,7 +236,9 @@ __all__ = [
     "EventFieldError",
     "FailureThresholdError",
     "GrammarError",
+    "InputError",
     "MalformedUserError",
+    "MissingColumnError",
     "ParamError",
     "PreflightError",
     "Problem",

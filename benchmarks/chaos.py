@@ -361,7 +361,7 @@ class Pair:
     def load(self, world: WorldData) -> None:
         """Reset both emulators and write the scenario's starting data."""
         from airflow_provider_didomi_dynamics.hooks.dataverse import forget_bulk_support
-        from airflow_provider_didomi_dynamics.retry_queue import forget_retry_queues
+        from airflow_provider_didomi_dynamics.sync.retry_queue import forget_retry_queues
 
         dataverse, didomi = self.dataverse, self.didomi
         dataverse.reset(schema=True)

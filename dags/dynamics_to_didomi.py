@@ -11,7 +11,7 @@ from airflow_provider_didomi_dynamics.operators.dataverse import DataversePullCo
 from airflow_provider_didomi_dynamics.operators.didomi import DidomiPushConsentsOperator
 from airflow_provider_didomi_dynamics.operators.mapping import ReverseConsentMappingOperator
 from airflow_provider_didomi_dynamics.operators.preflight import SyncPreflightOperator
-from airflow_provider_didomi_dynamics.webhook_payload import targeted_contact_ids
+from airflow_provider_didomi_dynamics.sync.webhook_payload import targeted_contact_ids
 
 DOC = """
 ### Dynamics 365 contacts -> Didomi consent events

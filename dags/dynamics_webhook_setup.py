@@ -49,7 +49,7 @@ with DAG(
 
         from airflow_provider_didomi_dynamics.core.config import load_config
         from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
-        from airflow_provider_didomi_dynamics.hooks.dataverse_webhooks import (
+        from airflow_provider_didomi_dynamics.hooks.dataverse.webhooks import (
             WebhookSpec,
             ensure_webhook,
             remove_webhook,

@@ -53,6 +53,10 @@ class RunReport:
     seconds: float = 0.0
     dry_run: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # For the caller, not XCom: the input rows a later run must write (the task's retry queue), and what an API said
+    # when it did not answer (the rows it left are failed; the task is retried).
+    retry_rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    unavailable: list[str] = field(default_factory=list)
 
     def add(self, key: str, outcome: Outcome, reason: str = "", changes: dict[str, Any] | None = None) -> None:
         self.rows.append(RowResult(key, outcome, reason, changes or {}))

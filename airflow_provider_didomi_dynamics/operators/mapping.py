@@ -12,8 +12,11 @@ import pandas as pd
 from airflow.sdk import BaseOperator, Context
 
 from airflow_provider_didomi_dynamics.core.config import IntegrationConfig, load_config
+from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 from airflow_provider_didomi_dynamics.mapping.forward import forward_map
 from airflow_provider_didomi_dynamics.mapping.reverse import reverse_map
+from airflow_provider_didomi_dynamics.operators.fail_fast import fails_fast
+from airflow_provider_didomi_dynamics.sync.pull_contacts import column_defaults
 
 
 class ApplyConsentMappingOperator(BaseOperator):
@@ -31,6 +34,7 @@ class ApplyConsentMappingOperator(BaseOperator):
         self.users = users
         self.config = config
 
+    @fails_fast
     def execute(self, context: Context) -> pd.DataFrame:
         config = load_config(self.config)
         frame = self.users if isinstance(self.users, pd.DataFrame) else pd.DataFrame()
@@ -78,23 +82,13 @@ class ReverseConsentMappingOperator(BaseOperator):
 
     def column_defaults(self, config: IntegrationConfig) -> dict[str, Any]:
         """Default values of the two-option (Boolean) contact columns, from Dataverse metadata."""
-        from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
-
         hook = DataverseHook.for_config(self.dataverse_conn_id, config)
         try:
-            body = hook.get_json(
-                "EntityDefinitions(LogicalName='contact')/Attributes/Microsoft.Dynamics.CRM.BooleanAttributeMetadata",
-                {"$select": "LogicalName,DefaultValue"},
-            )
+            return column_defaults(hook, config)
         finally:
             hook.close()
-        mapped = {m.attribute for m in config.reverse_mappings}
-        return {
-            a["LogicalName"]: a["DefaultValue"]
-            for a in body.get("value", [])
-            if a.get("LogicalName") in mapped and a.get("DefaultValue") is not None
-        }
 
+    @fails_fast
     def execute(self, context: Context) -> pd.DataFrame:
         config = load_config(self.config)
         frame = self.contacts if isinstance(self.contacts, pd.DataFrame) else pd.DataFrame()

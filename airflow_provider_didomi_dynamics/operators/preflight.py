@@ -7,6 +7,8 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 
+from airflow_provider_didomi_dynamics.operators.fail_fast import fails_fast
+
 
 class SyncPreflightOperator(BaseOperator):
     """Checks connections, privileges, mapped attributes, the alternate key and consent ids (cached per run).
@@ -33,8 +35,9 @@ class SyncPreflightOperator(BaseOperator):
         self.didomi_conn_id = didomi_conn_id
         self.check_webhook = check_webhook
 
+    @fails_fast
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_didomi_dynamics.preflight import preflight_task
+        from airflow_provider_didomi_dynamics.preflight.run import preflight_task
 
         return preflight_task(
             self.config,

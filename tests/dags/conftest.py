@@ -18,7 +18,7 @@ from airflow_provider_didomi_dynamics.emulators.runner import RunningEmulators
 from airflow_provider_didomi_dynamics.hooks import didomi as didomi_hooks
 from airflow_provider_didomi_dynamics.hooks.dataverse import hook as dataverse_hooks
 from airflow_provider_didomi_dynamics.preflight.run import forget_preflight_cache
-from airflow_provider_didomi_dynamics.retry_queue import forget_retry_queues
+from airflow_provider_didomi_dynamics.sync.retry_queue import forget_retry_queues
 from airflow_provider_didomi_dynamics.transport.retry import RetryPolicy
 
 

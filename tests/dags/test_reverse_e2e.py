@@ -18,7 +18,7 @@ from dag_e2e_support import (
     push_report,
 )
 
-from airflow_provider_didomi_dynamics.operators.didomi import event_id
+from airflow_provider_didomi_dynamics.sync.push_consents import event_id
 
 FREQUENCIES = ("weekly", "daily,monthly", "monthly")
 

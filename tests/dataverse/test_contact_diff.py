@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from airflow_provider_didomi_dynamics.core.config import NullValues
-from airflow_provider_didomi_dynamics.operators.contact_diff import (
+from airflow_provider_didomi_dynamics.sync.contact_plan import (
     InputRow,
     changes_for,
     merge_inputs,

@@ -14,11 +14,9 @@ from dv_support import ATTRIBUTES, Org, contacts_frame
 from airflow_provider_didomi_dynamics.core.coerce import guid_list
 from airflow_provider_didomi_dynamics.core.windows import SyncWindow
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
-from airflow_provider_didomi_dynamics.operators.dataverse import (
-    ContactPusher,
-    DataversePullContactsOperator,
-    pull_contacts,
-)
+from airflow_provider_didomi_dynamics.operators.dataverse import DataversePullContactsOperator
+from airflow_provider_didomi_dynamics.sync.pull_contacts import pull_contacts
+from airflow_provider_didomi_dynamics.sync.push_contacts import ContactPusher
 
 UTC = dt.timezone.utc
 

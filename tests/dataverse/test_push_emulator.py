@@ -14,11 +14,8 @@ from dv_support import FREQUENCY_MAX_LENGTH, FakeTI, Org, contacts_frame
 
 from airflow_provider_didomi_dynamics.emulators.dataverse import ServiceProtection
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
-from airflow_provider_didomi_dynamics.operators.dataverse import (
-    ContactPusher,
-    DataversePushContactsOperator,
-    PushOptions,
-)
+from airflow_provider_didomi_dynamics.operators.dataverse import DataversePushContactsOperator
+from airflow_provider_didomi_dynamics.sync.push_contacts import ContactPusher, PushOptions
 
 T0 = "2024-05-01T00:00:00Z"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow_provider_didomi_dynamics.conflicts import (
+from airflow_provider_didomi_dynamics.sync.conflicts import (
     columns_the_contact_keeps,
     field_change_times,
     fields_didomi_changed_after,

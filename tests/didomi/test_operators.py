@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from didomi_support import fast_policy, make_user
 
 from airflow_provider_didomi_dynamics.core.config import load_config
@@ -16,11 +16,8 @@ from airflow_provider_didomi_dynamics.emulators.didomi import DidomiEmulator
 from airflow_provider_didomi_dynamics.exceptions import WindowError
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
 from airflow_provider_didomi_dynamics.mapping.reverse import reverse_map
-from airflow_provider_didomi_dynamics.operators.didomi import (
-    DidomiPullConsentsOperator,
-    DidomiPushConsentsOperator,
-    event_id,
-)
+from airflow_provider_didomi_dynamics.operators.didomi import DidomiPullConsentsOperator, DidomiPushConsentsOperator
+from airflow_provider_didomi_dynamics.sync.push_consents import event_id
 
 UTC = dt.timezone.utc
 CONFIG: dict[str, Any] = {
@@ -122,8 +119,9 @@ def test_pull_templated_since_until_full_sync_and_targeted(dated_users: DidomiEm
 
 
 def test_pull_refuses_since_after_until(dated_users: DidomiEmulator) -> None:
-    with pytest.raises(WindowError, match="since"):
+    with pytest.raises(AirflowFailException, match="since") as raised:  # a retry cannot fix it: no retries
         pull(since="2026-03-02", until="2026-03-01").execute(context())
+    assert isinstance(raised.value.__cause__, WindowError)
 
 
 def test_pull_without_interval_uses_previous_success_then_lookback_or_everything(dated_users: DidomiEmulator) -> None:

@@ -80,7 +80,7 @@ def test_an_injected_contact_id_is_refused_before_any_query(use: Any, dags: dict
 
 def test_the_targeted_contact_error_names_the_param_and_says_what_a_contact_id_is() -> None:
     from airflow_provider_didomi_dynamics.exceptions import WebhookPayloadError
-    from airflow_provider_didomi_dynamics.webhook_payload import targeted_contact_ids
+    from airflow_provider_didomi_dynamics.sync.webhook_payload import targeted_contact_ids
 
     with pytest.raises(WebhookPayloadError) as error:
         targeted_contact_ids([INJECTIONS[0]])

@@ -16,7 +16,7 @@ from airflow_provider_didomi_dynamics.emulators.dataverse import DataverseEmulat
 from airflow_provider_didomi_dynamics.exceptions import WebhookPayloadError
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 from airflow_provider_didomi_dynamics.hooks.dataverse.webhooks import WebhookSpec, ensure_webhook, remove_webhook
-from airflow_provider_didomi_dynamics.webhook_payload import contact_ids_from_context, targeted_contact_ids
+from airflow_provider_didomi_dynamics.sync.webhook_payload import contact_ids_from_context, targeted_contact_ids
 
 
 class Receiver:

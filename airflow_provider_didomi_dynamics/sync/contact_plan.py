@@ -19,7 +19,11 @@ import pandas as pd
 
 from airflow_provider_didomi_dynamics.core.coerce import as_utc
 from airflow_provider_didomi_dynamics.core.config import NullValues
+from airflow_provider_didomi_dynamics.exceptions import InputError
 
+# The Dataverse table both contact engines (push_contacts, pull_contacts) read and write.
+ENTITY = "contact"
+ENTITY_SET = "contacts"
 KEY_COLUMN = "organization_user_id"
 UPDATED_AT_COLUMN = "updated_at"
 REASON_COLUMN = "reason"
@@ -139,7 +143,7 @@ def rows_from_input(data: Any, attributes: Sequence[str]) -> list[InputRow]:
     rows: list[InputRow] = []
     for record in records:
         if not isinstance(record, Mapping):
-            raise TypeError(f"a push input row must be a mapping, got {type(record).__name__}")
+            raise InputError(f"a push input row must be a mapping, got {type(record).__name__}")
         key = native(record.get(KEY_COLUMN))
         updated_at = native(record.get(UPDATED_AT_COLUMN))
         values = {a: native(record.get(a)) for a in attributes if a in record}
@@ -150,7 +154,7 @@ def rows_from_input(data: Any, attributes: Sequence[str]) -> list[InputRow]:
 def _frame_rows(frame: pd.DataFrame, attributes: Sequence[str]) -> list[InputRow]:
     """Column by column (vectorised), not cell by cell: a 100k-row frame converts in a fraction of a second."""
     if KEY_COLUMN not in frame.columns:
-        raise ValueError(f"the push input has no {KEY_COLUMN} column (columns: {', '.join(map(str, frame.columns))})")
+        raise InputError(f"the push input has no {KEY_COLUMN} column (columns: {', '.join(map(str, frame.columns))})")
     n = len(frame)
     keys = ["" if k is None else str(k) for k in _column_values(frame[KEY_COLUMN])]
     updated = _column_values(frame[UPDATED_AT_COLUMN]) if UPDATED_AT_COLUMN in frame.columns else [None] * n

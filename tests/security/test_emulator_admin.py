@@ -11,11 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
+from airflow_provider_didomi_dynamics.emulators.common.faults import FaultMiddleware
 from airflow_provider_didomi_dynamics.emulators.dataverse.models import DataverseModel
 from airflow_provider_didomi_dynamics.emulators.dataverse.responses import DataverseApp, error_body
 from airflow_provider_didomi_dynamics.emulators.didomi.models import DidomiModel
 from airflow_provider_didomi_dynamics.emulators.didomi.responses import create_app
-from airflow_provider_didomi_dynamics.emulators.faults import FaultMiddleware
 
 REMOTE = ("203.0.113.7", 51515)  # TEST-NET-3: any address that is not loopback
 LOOPBACK = ("127.0.0.1", 51515)

@@ -19,6 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_didomi_dynamics.emulators.common.faults import FaultMiddleware
+from airflow_provider_didomi_dynamics.emulators.common.server import EmulatorServer
+from airflow_provider_didomi_dynamics.emulators.common.tls import TlsMaterial, generate_tls_material
 from airflow_provider_didomi_dynamics.emulators.dataverse.models import (
     SEEDS,
     AlternateKey,
@@ -31,9 +34,6 @@ from airflow_provider_didomi_dynamics.emulators.dataverse.throttling import (
     ServiceProtection,
     theoretical_max_records_per_s,
 )
-from airflow_provider_didomi_dynamics.emulators.faults import FaultMiddleware
-from airflow_provider_didomi_dynamics.emulators.server import EmulatorServer
-from airflow_provider_didomi_dynamics.emulators.tls import TlsMaterial, generate_tls_material
 
 API_PATH = "/api/data/v9.2/"
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
+from airflow_provider_didomi_dynamics.emulators.common.faults import FaultPlan, RequestLog
 from airflow_provider_didomi_dynamics.emulators.dataverse import errors as E
 from airflow_provider_didomi_dynamics.emulators.dataverse.errors import DataverseError
 from airflow_provider_didomi_dynamics.emulators.dataverse.metadata import (
@@ -55,7 +56,6 @@ from airflow_provider_didomi_dynamics.emulators.dataverse.throttling import (
     theoretical_max_records_per_s,
 )
 from airflow_provider_didomi_dynamics.emulators.dataverse.webhooks import WebhookDispatcher, WebhookEvent
-from airflow_provider_didomi_dynamics.emulators.faults import FaultPlan, RequestLog
 
 MAX_PAGE_SIZE = 5000
 MAX_COUNT = 5000

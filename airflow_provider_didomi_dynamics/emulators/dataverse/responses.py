@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
 
+from airflow_provider_didomi_dynamics.emulators.common.faults import ADMIN_PREFIX
 from airflow_provider_didomi_dynamics.emulators.dataverse import errors as E
 from airflow_provider_didomi_dynamics.emulators.dataverse.batch import (
     MAX_BATCH_REQUESTS,
@@ -64,7 +65,6 @@ from airflow_provider_didomi_dynamics.emulators.dataverse.odata import (
     read_skiptoken,
 )
 from airflow_provider_didomi_dynamics.emulators.dataverse.throttling import ServiceProtection
-from airflow_provider_didomi_dynamics.emulators.faults import ADMIN_PREFIX
 
 API_VERSION_RE = re.compile(r"^/api/data/(v9\.\d)/?(.*)$", re.DOTALL)
 MAX_URL_LENGTH = 32768

@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_didomi_dynamics.emulators.common.server import LOOPBACK, EmulatorServer
+from airflow_provider_didomi_dynamics.emulators.common.tls import TlsMaterial, generate_tls_material
 from airflow_provider_didomi_dynamics.emulators.didomi.models import (
     DEFAULT_API_KEY,
     DEFAULT_ORGANIZATION_ID,
@@ -20,8 +22,6 @@ from airflow_provider_didomi_dynamics.emulators.didomi.models import (
     DidomiModel,
 )
 from airflow_provider_didomi_dynamics.emulators.didomi.responses import create_app
-from airflow_provider_didomi_dynamics.emulators.server import LOOPBACK, EmulatorServer
-from airflow_provider_didomi_dynamics.emulators.tls import TlsMaterial, generate_tls_material
 
 __all__ = ["DidomiApiError", "DidomiEmulator", "DidomiModel"]
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from airflow_provider_didomi_dynamics.emulators.faults import FaultPlan, RequestLog
+from airflow_provider_didomi_dynamics.emulators.common.faults import FaultPlan, RequestLog
 
 DEFAULT_ORGANIZATION_ID = "emulator-org"
 DEFAULT_API_KEY = "didomi-emulator-key"

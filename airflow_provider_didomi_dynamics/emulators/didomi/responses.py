@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from airflow_provider_didomi_dynamics.emulators.common.faults import ADMIN_PREFIX, FaultMiddleware
 from airflow_provider_didomi_dynamics.emulators.didomi.models import DidomiApiError, DidomiModel, error_body
-from airflow_provider_didomi_dynamics.emulators.faults import ADMIN_PREFIX, FaultMiddleware
 
 JSON_TYPE = "application/json; charset=utf-8"
 _TRUE = {"1", "true", "yes", ""}

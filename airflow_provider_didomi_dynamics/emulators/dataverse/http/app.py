@@ -22,7 +22,8 @@ from urllib.parse import parse_qsl, quote, unquote
 
 from airflow_provider_didomi_dynamics.emulators.common.faults import ADMIN_PREFIX
 from airflow_provider_didomi_dynamics.emulators.dataverse import errors as E
-from airflow_provider_didomi_dynamics.emulators.dataverse.batch import (
+from airflow_provider_didomi_dynamics.emulators.dataverse.errors import AuthError, DataverseError
+from airflow_provider_didomi_dynamics.emulators.dataverse.http.batch import (
     MAX_BATCH_REQUESTS,
     BatchRequest,
     ChangeSet,
@@ -32,8 +33,9 @@ from airflow_provider_didomi_dynamics.emulators.dataverse.batch import (
     format_batch_response,
     parse_batch,
 )
-from airflow_provider_didomi_dynamics.emulators.dataverse.errors import DataverseError
-from airflow_provider_didomi_dynamics.emulators.dataverse.metadata import (
+from airflow_provider_didomi_dynamics.emulators.dataverse.models import DataverseModel
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.identity import Caller
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.metadata import (
     BASE_PROPERTIES,
     CAST_PROPERTIES,
     CAST_TO_TYPES,
@@ -42,15 +44,13 @@ from airflow_provider_didomi_dynamics.emulators.dataverse.metadata import (
     AttributeMeta,
     attribute_from_metadata_json,
 )
-from airflow_provider_didomi_dynamics.emulators.dataverse.models import (
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.queries import (
     MAX_PAGE_SIZE,
-    AuthError,
-    Caller,
-    DataverseModel,
-    SystemTable,
     generic_resolver,
     run_query,
 )
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.system_tables import SystemTable
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.throttling import ServiceProtection
 from airflow_provider_didomi_dynamics.emulators.dataverse.odata import (
     ODataError,
     build_filter,
@@ -64,7 +64,6 @@ from airflow_provider_didomi_dynamics.emulators.dataverse.odata import (
     read_deltatoken,
     read_skiptoken,
 )
-from airflow_provider_didomi_dynamics.emulators.dataverse.throttling import ServiceProtection
 
 API_VERSION_RE = re.compile(r"^/api/data/(v9\.\d)/?(.*)$", re.DOTALL)
 MAX_URL_LENGTH = 32768

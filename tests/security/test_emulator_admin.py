@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from airflow_provider_didomi_dynamics.emulators.common.faults import FaultMiddleware
-from airflow_provider_didomi_dynamics.emulators.dataverse.http.app import DataverseApp, error_body
+from airflow_provider_didomi_dynamics.emulators.dataverse.http.app import DataverseApp
+from airflow_provider_didomi_dynamics.emulators.dataverse.http.wire import error_body
 from airflow_provider_didomi_dynamics.emulators.dataverse.models import DataverseModel
 from airflow_provider_didomi_dynamics.emulators.didomi.models import DidomiModel
 from airflow_provider_didomi_dynamics.emulators.didomi.responses import create_app

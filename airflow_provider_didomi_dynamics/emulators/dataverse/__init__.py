@@ -22,7 +22,8 @@ from typing import Any
 from airflow_provider_didomi_dynamics.emulators.common.faults import FaultMiddleware
 from airflow_provider_didomi_dynamics.emulators.common.server import EmulatorServer
 from airflow_provider_didomi_dynamics.emulators.common.tls import TlsMaterial, generate_tls_material
-from airflow_provider_didomi_dynamics.emulators.dataverse.http.app import DataverseApp, error_body
+from airflow_provider_didomi_dynamics.emulators.dataverse.http.app import DataverseApp
+from airflow_provider_didomi_dynamics.emulators.dataverse.http.wire import error_body
 from airflow_provider_didomi_dynamics.emulators.dataverse.models import SEEDS, DataverseModel
 from airflow_provider_didomi_dynamics.emulators.dataverse.models.identity import ApplicationUser, SystemUser
 from airflow_provider_didomi_dynamics.emulators.dataverse.models.schema import AlternateKey

@@ -9,6 +9,7 @@ lists them (contact, serviceendpoint, sdkmessage, sdkmessageprocessingstep); the
 
 Simplifications (documented in the emulator README): one business unit, depth is reported but every granted
 privilege works org-wide, teams and field security do not exist, metadata reads and ``WhoAmI`` need no privilege.
+:class:`SecurityLayer` is the model's API over it (assign roles, check privileges).
 """
 
 from __future__ import annotations
@@ -279,18 +280,6 @@ class SecurityModel:
         ]
 
 
-__all__ = [
-    "DIDOMI_INTEGRATION",
-    "DIDOMI_INTEGRATION_PRIVILEGES",
-    "MISSING_PRIVILEGE",
-    "PRIVILEGES",
-    "SYSTEM_ADMINISTRATOR",
-    "Privilege",
-    "SecurityModel",
-    "SecurityRole",
-]
-
-
 # Which privilege family guards each table: prv<Create|Read|Write|Delete><family>.
 TABLE_PRIVILEGES = {
     "contacts": "Contact",
@@ -366,3 +355,17 @@ class SecurityLayer(OrgState):
             yield
         finally:
             self._bypass_security = previous
+
+
+__all__ = [
+    "DIDOMI_INTEGRATION",
+    "DIDOMI_INTEGRATION_PRIVILEGES",
+    "MISSING_PRIVILEGE",
+    "PRIVILEGES",
+    "SYSTEM_ADMINISTRATOR",
+    "TABLE_PRIVILEGES",
+    "Privilege",
+    "SecurityLayer",
+    "SecurityModel",
+    "SecurityRole",
+]

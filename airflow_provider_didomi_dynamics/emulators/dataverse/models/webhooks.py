@@ -1,7 +1,8 @@
 """Asynchronous webhook delivery: a ``RemoteExecutionContext`` POSTed to each matching service endpoint.
 
 Dataverse runs async (mode 1) post-operation (stage 40) steps from its async service after the transaction
-commits, so delivery happens on a background thread and never blocks or fails the write that caused it.
+commits, so delivery happens on a background thread and never blocks or fails the write that caused it. The
+:class:`Webhooks` layer of the model matches each write against the registered steps.
 """
 
 from __future__ import annotations

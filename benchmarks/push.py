@@ -41,7 +41,7 @@ import pandas as pd
 import requests
 
 from airflow_provider_didomi_dynamics.core.config import IntegrationConfig
-from airflow_provider_didomi_dynamics.emulators.dataverse.throttling import (
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.throttling import (
     REAL_MAX_CONCURRENT,
     REAL_MAX_EXECUTION_MS,
     REAL_MAX_REQUESTS,

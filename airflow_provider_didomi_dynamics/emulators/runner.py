@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_didomi_dynamics.emulators.common.tls import TlsMaterial, generate_tls_material
 from airflow_provider_didomi_dynamics.emulators.demo_data import DEMO_USERS
-from airflow_provider_didomi_dynamics.emulators.tls import TlsMaterial, generate_tls_material
 
 ENDPOINTS_FILE = "endpoints.json"
 

@@ -9,7 +9,10 @@ import time
 import pytest
 from preflight_support import FAST, Setup, message, statuses
 
-from airflow_provider_didomi_dynamics.emulators.dataverse.security import DIDOMI_INTEGRATION, SYSTEM_ADMINISTRATOR
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.security import (
+    DIDOMI_INTEGRATION,
+    SYSTEM_ADMINISTRATOR,
+)
 from airflow_provider_didomi_dynamics.emulators.runner import connection_env
 from airflow_provider_didomi_dynamics.exceptions import PreflightError
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook

@@ -11,11 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
+from airflow_provider_didomi_dynamics.emulators.common.faults import FaultMiddleware
+from airflow_provider_didomi_dynamics.emulators.dataverse.http.app import DataverseApp
+from airflow_provider_didomi_dynamics.emulators.dataverse.http.wire import error_body
 from airflow_provider_didomi_dynamics.emulators.dataverse.models import DataverseModel
-from airflow_provider_didomi_dynamics.emulators.dataverse.responses import DataverseApp, error_body
 from airflow_provider_didomi_dynamics.emulators.didomi.models import DidomiModel
-from airflow_provider_didomi_dynamics.emulators.didomi.responses import create_app
-from airflow_provider_didomi_dynamics.emulators.faults import FaultMiddleware
+from airflow_provider_didomi_dynamics.emulators.didomi.urls import create_app
 
 REMOTE = ("203.0.113.7", 51515)  # TEST-NET-3: any address that is not loopback
 LOOPBACK = ("127.0.0.1", 51515)

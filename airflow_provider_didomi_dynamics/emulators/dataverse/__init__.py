@@ -19,21 +19,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_didomi_dynamics.emulators.dataverse.models import (
-    SEEDS,
-    AlternateKey,
-    ApplicationUser,
-    DataverseModel,
-    SystemUser,
-)
-from airflow_provider_didomi_dynamics.emulators.dataverse.responses import DataverseApp, error_body
-from airflow_provider_didomi_dynamics.emulators.dataverse.throttling import (
+from airflow_provider_didomi_dynamics.emulators.common.faults import FaultMiddleware
+from airflow_provider_didomi_dynamics.emulators.common.server import EmulatorServer
+from airflow_provider_didomi_dynamics.emulators.common.tls import TlsMaterial, generate_tls_material
+from airflow_provider_didomi_dynamics.emulators.dataverse.http.app import DataverseApp
+from airflow_provider_didomi_dynamics.emulators.dataverse.http.wire import error_body
+from airflow_provider_didomi_dynamics.emulators.dataverse.models import SEEDS, DataverseModel
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.identity import ApplicationUser, SystemUser
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.schema import AlternateKey
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.throttling import (
     ServiceProtection,
     theoretical_max_records_per_s,
 )
-from airflow_provider_didomi_dynamics.emulators.faults import FaultMiddleware
-from airflow_provider_didomi_dynamics.emulators.server import EmulatorServer
-from airflow_provider_didomi_dynamics.emulators.tls import TlsMaterial, generate_tls_material
 
 API_PATH = "/api/data/v9.2/"
 

@@ -1,4 +1,8 @@
-"""The error a model operation raises; the HTTP layer renders it as Dataverse's ``{"error": {...}}`` JSON."""
+"""The typed errors of the Dataverse emulator; the HTTP layer renders each in its service's own JSON.
+
+:class:`DataverseError` becomes the Web API's ``{"error": {...}}``; :class:`AuthError` the Entra ID token endpoint's
+AADSTS error.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +35,17 @@ class DataverseError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message}}
+
+
+class AuthError(Exception):
+    """An Entra ID token endpoint error (AADSTS code, OAuth error name, HTTP status)."""
+
+    def __init__(self, status: int, error: str, code: int, description: str) -> None:
+        super().__init__(f"{error}: AADSTS{code}: {description}")
+        self.status = status
+        self.error = error
+        self.code = code
+        self.description = description
 
 
 def not_found(entity: str, key: str) -> DataverseError:

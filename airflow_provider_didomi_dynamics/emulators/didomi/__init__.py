@@ -13,15 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_didomi_dynamics.emulators.didomi.models import (
-    DEFAULT_API_KEY,
-    DEFAULT_ORGANIZATION_ID,
-    DidomiApiError,
-    DidomiModel,
-)
-from airflow_provider_didomi_dynamics.emulators.didomi.responses import create_app
-from airflow_provider_didomi_dynamics.emulators.server import LOOPBACK, EmulatorServer
-from airflow_provider_didomi_dynamics.emulators.tls import TlsMaterial, generate_tls_material
+from airflow_provider_didomi_dynamics.emulators.common.server import LOOPBACK, EmulatorServer
+from airflow_provider_didomi_dynamics.emulators.common.tls import TlsMaterial, generate_tls_material
+from airflow_provider_didomi_dynamics.emulators.didomi.errors import DidomiApiError
+from airflow_provider_didomi_dynamics.emulators.didomi.models import DidomiModel
+from airflow_provider_didomi_dynamics.emulators.didomi.models.records import DEFAULT_API_KEY, DEFAULT_ORGANIZATION_ID
+from airflow_provider_didomi_dynamics.emulators.didomi.urls import create_app
 
 __all__ = ["DidomiApiError", "DidomiEmulator", "DidomiModel"]
 

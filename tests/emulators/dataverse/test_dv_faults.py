@@ -10,9 +10,10 @@ import pytest
 import requests
 from dv_helpers import Api, VerifyingSession
 
+from airflow_provider_didomi_dynamics.emulators.common.faults import FaultMiddleware
 from airflow_provider_didomi_dynamics.emulators.dataverse import DataverseEmulator
-from airflow_provider_didomi_dynamics.emulators.dataverse.responses import DataverseApp, error_body
-from airflow_provider_didomi_dynamics.emulators.faults import FaultMiddleware
+from airflow_provider_didomi_dynamics.emulators.dataverse.http.app import DataverseApp
+from airflow_provider_didomi_dynamics.emulators.dataverse.http.wire import error_body
 
 
 @pytest.fixture

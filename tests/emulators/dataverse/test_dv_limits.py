@@ -10,7 +10,7 @@ import pytest
 from dv_helpers import Api
 
 from airflow_provider_didomi_dynamics.emulators.dataverse import DataverseEmulator, ServiceProtection
-from airflow_provider_didomi_dynamics.emulators.dataverse.throttling import theoretical_max_records_per_s
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.throttling import theoretical_max_records_per_s
 
 
 def test_limits_are_off_by_default(api: Api) -> None:

@@ -8,7 +8,7 @@ import pytest
 from dv_helpers import Api, VerifyingSession
 
 from airflow_provider_didomi_dynamics.emulators.dataverse import DataverseEmulator
-from airflow_provider_didomi_dynamics.emulators.dataverse.security import (
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.security import (
     DIDOMI_INTEGRATION,
     DIDOMI_INTEGRATION_PRIVILEGES,
     PRIVILEGES,

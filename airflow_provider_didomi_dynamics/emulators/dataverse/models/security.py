@@ -9,17 +9,24 @@ lists them (contact, serviceendpoint, sdkmessage, sdkmessageprocessingstep); the
 
 Simplifications (documented in the emulator README): one business unit, depth is reported but every granted
 privilege works org-wide, teams and field security do not exist, metadata reads and ``WhoAmI`` need no privilege.
+:class:`SecurityLayer` is the model's API over it (assign roles, check privileges).
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from airflow_provider_didomi_dynamics.emulators.dataverse import errors as E
 from airflow_provider_didomi_dynamics.emulators.dataverse.errors import DataverseError
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.state import OrgState
+
+if TYPE_CHECKING:
+    from airflow_provider_didomi_dynamics.emulators.dataverse.models.identity import Caller, SystemUser
 
 MISSING_PRIVILEGE = "0x80040220"
 SYSTEM_ADMINISTRATOR = "System Administrator"
@@ -273,13 +280,92 @@ class SecurityModel:
         ]
 
 
+# Which privilege family guards each table: prv<Create|Read|Write|Delete><family>.
+TABLE_PRIVILEGES = {
+    "contacts": "Contact",
+    "serviceendpoints": "ServiceEndpoint",
+    "sdkmessageprocessingsteps": "SdkMessageProcessingStep",
+    "sdkmessages": "SdkMessage",
+    "sdkmessagefilters": "SdkMessage",
+    "systemusers": "User",
+    "roles": "Role",
+}
+
+
+class SecurityLayer(OrgState):
+    """The model's security API: roles of users and application users, and the privilege checks every layer calls."""
+
+    def system_user(self, client_id_or_user_id: str) -> SystemUser:
+        """The system user behind an application (client id) or with this ``systemuserid``."""
+        key = client_id_or_user_id.strip().lower()
+        with self._lock:
+            app = self.apps.get(client_id_or_user_id) or self.apps.get(key)
+            if app is not None:
+                return app.user
+            user = self.users.get(key)
+            if user is None:
+                raise E.not_found("systemuser", client_id_or_user_id)
+            return user
+
+    def assign_role(self, client_id_or_user_id: str, role_name: str) -> list[str]:
+        """Give a user (or the application user of a client id) a security role; returns its role names."""
+        user = self.system_user(client_id_or_user_id)
+        self.security.assign(user.systemuserid, role_name)
+        return self.user_roles(user.systemuserid)
+
+    def remove_role(self, client_id_or_user_id: str, role_name: str) -> list[str]:
+        """Take a security role away (e.g. System Administrator once the webhook is set up); returns what is left."""
+        user = self.system_user(client_id_or_user_id)
+        self.security.remove(user.systemuserid, role_name)
+        return self.user_roles(user.systemuserid)
+
+    def user_roles(self, client_id_or_user_id: str) -> list[str]:
+        user = self.system_user(client_id_or_user_id)
+        return [r.name for r in self.security.roles_of(user.systemuserid)]
+
+    def add_role(self, name: str, privileges: Iterable[str] | dict[str, str]) -> dict[str, Any]:
+        """Define a custom security role (privilege names at Global depth, or name -> depth)."""
+        role = self.security.add_role(name, privileges)
+        return role.as_row(self.business_unit_id)
+
+    def user_privileges(self, client_id_or_user_id: str) -> list[dict[str, Any]]:
+        """What ``RetrieveUserPrivileges`` returns for this user."""
+        user = self.system_user(client_id_or_user_id)
+        return self.security.role_privileges(user.systemuserid)
+
+    def check_privilege(self, caller: Caller, privilege: str) -> None:
+        """403 ``0x80040220`` unless the effective user holds ``privilege``."""
+        if self._bypass_security:
+            return
+        user = caller.user
+        self.security.require(user.systemuserid, privilege, 4 if user.applicationid else 0)
+
+    def check_table_privilege(self, caller: Caller, action: str, entity_set: str) -> None:
+        """``action`` Create/Read/Write/Delete on a table (no-op for tables without privileges)."""
+        family = TABLE_PRIVILEGES.get(entity_set)
+        if family is not None:
+            self.check_privilege(caller, f"prv{action}{family}")
+
+    @contextmanager
+    def _security_bypassed(self) -> Iterator[None]:
+        """Seeding and other Python-side setup act as the platform itself, not as a user."""
+        previous = self._bypass_security
+        self._bypass_security = True
+        try:
+            yield
+        finally:
+            self._bypass_security = previous
+
+
 __all__ = [
     "DIDOMI_INTEGRATION",
     "DIDOMI_INTEGRATION_PRIVILEGES",
     "MISSING_PRIVILEGE",
     "PRIVILEGES",
     "SYSTEM_ADMINISTRATOR",
+    "TABLE_PRIVILEGES",
     "Privilege",
+    "SecurityLayer",
     "SecurityModel",
     "SecurityRole",
 ]

@@ -13,6 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from airflow_provider_didomi_dynamics.emulators.common.admin import ADMIN_PREFIX
+
 FaultKind = Literal["status", "reset", "lost_response", "delay"]
 
 
@@ -92,9 +94,6 @@ class RequestLog:
     def clear(self) -> None:
         with self._lock:
             self.counts.clear()
-
-
-ADMIN_PREFIX = "/_emulator"
 
 
 class FaultMiddleware:

@@ -1,7 +1,8 @@
 """Asynchronous webhook delivery: a ``RemoteExecutionContext`` POSTed to each matching service endpoint.
 
 Dataverse runs async (mode 1) post-operation (stage 40) steps from its async service after the transaction
-commits, so delivery happens on a background thread and never blocks or fails the write that caused it.
+commits, so delivery happens on a background thread and never blocks or fails the write that caused it. The
+:class:`Webhooks` layer of the model matches each write against the registered steps.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import requests
+
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.identity import Caller
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.metadata import ENTITY, PRIMARY_ID
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.system_tables import SystemTables
 
 CONTRACT_NS = "http://schemas.microsoft.com/xrm/2011/Contracts"
 
@@ -258,3 +263,62 @@ class WebhookDispatcher:
                 break
         with self._lock:
             self.deliveries.append(delivery)
+
+
+class Webhooks(SystemTables):
+    """Match a write against the registered steps and hand the events to the dispatcher."""
+
+    def _emit(self, message: str, row: dict[str, Any], target: dict[str, Any], caller: Caller) -> None:
+        requested = set(target.pop("__requested__", None) or target)
+        matches = []
+        for step in self._steps.rows.values():
+            if step.get("statecode", 0) != 0:
+                continue
+            msg = self._sdkmessages.rows.get(step.get("_sdkmessageid_value", ""))
+            if msg is None or msg["name"] != message:
+                continue
+            fid = step.get("_sdkmessagefilterid_value")
+            if fid is not None:
+                flt = self._filters.rows.get(fid)
+                if flt is None or flt["primaryobjecttypecode"] != ENTITY:
+                    continue
+            filtering = step.get("filteringattributes")
+            if message == "Update" and filtering:
+                wanted = {a.strip().lower() for a in str(filtering).split(",") if a.strip()}
+                if not wanted & {self._lookup_columns.get(k, k) for k in requested}:
+                    continue
+            endpoint = self._endpoints.rows.get(step.get("_eventhandler_value", ""))
+            if endpoint is None:
+                continue
+            matches.append((step, endpoint))
+        if not matches:
+            return
+        types = {m.logical_name: m.attribute_type for m in self.attributes.values()}
+        logical_target = {self._lookup_columns.get(k, k): v for k, v in target.items()}
+        post_image = {self._lookup_columns.get(k, k): v for k, v in row.items()}
+        event = WebhookEvent(
+            message=message,
+            entity_id=row[PRIMARY_ID],
+            target=logical_target,
+            post_image=post_image,
+            attribute_types=types,
+            user_id=caller.user.systemuserid,
+            initiating_user_id=caller.user.systemuserid,
+            user_aad_object_id=caller.user.azureactivedirectoryobjectid,
+            organization_id=self.organization_id,
+            organization_name=self.organization_name,
+            business_unit_id=self.business_unit_id,
+            correlation_id=str(uuid.uuid4()),
+            at_us=row["modifiedon"],
+        )
+        for step, endpoint in matches:
+            self.webhooks.enqueue(step, endpoint, event)
+
+    def webhook_deliveries(self) -> list[dict[str, Any]]:
+        return [d.as_dict() for d in list(self.webhooks.deliveries)]
+
+    def wait_for_webhooks(self, timeout_s: float = 10.0) -> bool:
+        return self.webhooks.wait_idle(timeout_s)
+
+    def close(self) -> None:
+        self.webhooks.stop()

@@ -1,4 +1,4 @@
-"""OData ``$batch`` bodies: parse ``multipart/mixed`` requests (with changesets) and format responses.
+"""OData ``$batch``: parse ``multipart/mixed`` requests (with changesets), run their parts, format the response.
 
 Parsing uses the standard :mod:`email` package for the MIME layer; each ``application/http`` part is then a raw
 HTTP request (request line, headers, blank line, body), which is parsed here.
@@ -6,14 +6,20 @@ HTTP request (request line, headers, blank line, body), which is parsed here.
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from http import HTTPStatus
+from urllib.parse import unquote
 
 from airflow_provider_didomi_dynamics.emulators.dataverse.errors import INVALID_ARGUMENT, DataverseError
+from airflow_provider_didomi_dynamics.emulators.dataverse.http.wire import Request, Response
+from airflow_provider_didomi_dynamics.emulators.dataverse.models import DataverseModel
 
 MAX_BATCH_REQUESTS = 1000
 
@@ -149,3 +155,113 @@ def format_batch_response(items: list[PartResponse | ChangeSetResponse]) -> tupl
             chunks.append(_format_part(item, boundary))
     chunks.append(f"--{boundary}--\r\n".encode())
     return f"multipart/mixed; boundary={boundary}", b"".join(chunks)
+
+
+class _ChangeSetFailed(Exception):
+    def __init__(self, response: Response, content_id: str | None) -> None:
+        super().__init__("changeset failed")
+        self.response = response
+        self.content_id = content_id
+
+
+class BatchRoutes:
+    """``$batch``: run each part (or changeset, atomically) through the Web API dispatcher again."""
+
+    def __init__(self, model: DataverseModel, dispatch: Callable[[Request], Response]) -> None:
+        self.model = model
+        self.dispatch = dispatch
+
+    def __call__(self, req: Request) -> Response:
+        items = parse_batch(req.body, req.headers.get("content-type", ""))
+        total = count_requests(items)
+        if total > MAX_BATCH_REQUESTS:
+            raise DataverseError(
+                400,
+                "",
+                f"The number of requests in a batch ({total}) exceeds the maximum of {MAX_BATCH_REQUESTS}.",
+            )
+        for item in items:
+            if isinstance(item, ChangeSet) and any(r.method == "GET" for r in item.requests):
+                raise DataverseError(400, INVALID_ARGUMENT, "A GET request is not allowed inside a changeset.")
+        continue_on_error = "odata.continue-on-error" in req.prefer
+        out: list[PartResponse | ChangeSetResponse] = []
+        written = 0
+        read = 0
+        stopped = False
+        for item in items:
+            if isinstance(item, ChangeSet):
+                responses, ok, w, r = self._run_changeset(req, item)
+                out.append(ChangeSetResponse(responses))
+            else:
+                response = self._run_part(req, item, {})
+                out.append(_to_part(response, item.content_id))
+                ok, w, r = response.status < 400, response.records_written, response.records_read
+            written += w
+            read += r
+            if not ok and not continue_on_error:
+                stopped = True
+                break
+        content_type, body = format_batch_response(out)
+        headers = [("Content-Type", content_type)]
+        if continue_on_error:
+            headers.append(("Preference-Applied", "odata.continue-on-error"))
+        return Response(
+            400 if stopped else 200,
+            body,
+            headers,
+            records_written=written,
+            records_read=read,
+            extra_requests=max(0, total - 1),
+        )
+
+    def _run_changeset(self, req: Request, changeset: ChangeSet) -> tuple[list[PartResponse], bool, int, int]:
+        refs: dict[str, str] = {}
+        responses: list[PartResponse] = []
+        written = 0
+        try:
+            with self.model.transaction():
+                for part in changeset.requests:
+                    response = self._run_part(req, part, refs)
+                    if response.status >= 400:
+                        raise _ChangeSetFailed(response, part.content_id)
+                    written += response.records_written
+                    responses.append(_to_part(response, part.content_id))
+                    if part.content_id:
+                        for name, value in response.headers:
+                            if name == "OData-EntityId":
+                                refs[part.content_id] = value
+        except _ChangeSetFailed as failed:
+            return [_to_part(failed.response, failed.content_id)], False, 0, 0
+        return responses, True, written, 0
+
+    def _run_part(self, req: Request, part: BatchRequest, refs: dict[str, str]) -> Response:
+        url = part.url
+        body = part.body
+        if url.startswith("$"):
+            ref, _, tail = url[1:].partition("/")
+            target = refs.get(ref)
+            if target is None:
+                return Response.error(
+                    DataverseError(400, INVALID_ARGUMENT, f"Content-ID reference '${ref}' was not found.")
+                )
+            url = target + (f"/{tail}" if tail else "")
+        if refs and body:
+            text = body.decode("utf-8")
+            for ref, target in refs.items():
+                text = text.replace(f'"${ref}"', json.dumps(target.split("/api/data/", 1)[-1].split("/", 1)[-1]))
+            body = text.encode("utf-8")
+        resource, _, query = url.partition("?")
+        m = re.search(r"/api/data/v9\.\d/(.*)$", resource)
+        if m:
+            resource = m.group(1)
+        resource = unquote(resource.lstrip("/"))
+        headers = dict(part.headers)
+        sub = Request(part.method, resource, query, headers, body, req.base, req.caller, in_batch=True)
+        response = self.dispatch(sub)
+        response.headers.append(("OData-Version", "4.0"))
+        return response
+
+
+def _to_part(response: Response, content_id: str | None) -> PartResponse:
+    headers = [(k, v) for k, v in response.headers if k.lower() != "content-length"]
+    return PartResponse(response.status, headers, response.body, content_id)

@@ -12,7 +12,7 @@ from typing import Any
 
 import uvicorn
 
-from airflow_provider_didomi_dynamics.emulators.tls import TlsMaterial
+from airflow_provider_didomi_dynamics.emulators.common.tls import TlsMaterial
 
 LOOPBACK = "127.0.0.1"
 

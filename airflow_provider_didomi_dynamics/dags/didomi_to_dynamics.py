@@ -1,10 +1,10 @@
-"""Didomi -> Dynamics 365: consent users changed in the window become contact attribute updates."""
+"""The `didomi_to_dynamics` DAG (Didomi -> Dynamics 365): consent users changed in the window become contact updates."""
 
 from __future__ import annotations
 
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param
 
-from airflow_provider_didomi_dynamics import dag_settings
+from airflow_provider_didomi_dynamics.dags import settings
 from airflow_provider_didomi_dynamics.operators.dataverse import DataversePushContactsOperator
 from airflow_provider_didomi_dynamics.operators.didomi import DidomiPullConsentsOperator
 from airflow_provider_didomi_dynamics.operators.mapping import ApplyConsentMappingOperator
@@ -33,44 +33,48 @@ and the next run, scheduled or triggered by hand, retries them. Clearing and re-
 written twice.
 """
 
-with DAG(
-    dag_id="didomi_to_dynamics",
-    description="Didomi consent -> Dynamics 365 contact attributes",
-    schedule=CronDataIntervalTimetable(dag_settings.schedule_cron("didomi_to_dynamics"), timezone="UTC"),
-    start_date=dag_settings.START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args=dag_settings.default_args(),
-    params={
-        **dag_settings.sync_params(),
-        "organization_user_ids": Param(
-            [], type="array", description="Re-sync only these Didomi organization_user_ids (targeted re-sync)."
-        ),
-    },
-    render_template_as_native_obj=True,
-    doc_md=DOC,
-    tags=["didomi", "dynamics365", "consent"],
-) as dag:
-    preflight = SyncPreflightOperator(task_id="preflight", config=dag_settings.config_source())
-    pull_consents = DidomiPullConsentsOperator(
-        task_id="pull_consents",
-        since="{{ params.since }}",
-        until="{{ params.until }}",
-        full_sync="{{ params.full_sync }}",
-        organization_user_ids="{{ params.organization_user_ids }}",
-        pool=dag_settings.DIDOMI_POOL,
-        inlets=[Asset("didomi://consents/users")],
-    )
-    apply_mapping = ApplyConsentMappingOperator(
-        task_id="apply_mapping", users=pull_consents.output, config=dag_settings.config_source()
-    )
-    push_contacts = DataversePushContactsOperator(
-        task_id="push_contacts",
-        contacts=apply_mapping.output,
-        config=dag_settings.config_source(),
-        dry_run="{{ params.dry_run }}",
-        didomi_conn_id="didomi_default",  # Didomi's event history decides per-field conflicts
-        pool=dag_settings.DATAVERSE_POOL,
-        outlets=[Asset("dataverse://contacts")],
-    )
-    preflight >> pull_consents >> apply_mapping >> push_contacts
+
+def build_dag() -> DAG:
+    """The ``didomi_to_dynamics`` DAG as a deployment schedules it; a DAG file calls this at module level."""
+    with DAG(
+        dag_id="didomi_to_dynamics",
+        description="Didomi consent -> Dynamics 365 contact attributes",
+        schedule=CronDataIntervalTimetable(settings.schedule_cron("didomi_to_dynamics"), timezone="UTC"),
+        start_date=settings.START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=settings.default_args(),
+        params={
+            **settings.sync_params(),
+            "organization_user_ids": Param(
+                [], type="array", description="Re-sync only these Didomi organization_user_ids (targeted re-sync)."
+            ),
+        },
+        render_template_as_native_obj=True,
+        doc_md=DOC,
+        tags=["didomi", "dynamics365", "consent"],
+    ) as dag:
+        preflight = SyncPreflightOperator(task_id="preflight", config=settings.config_source())
+        pull_consents = DidomiPullConsentsOperator(
+            task_id="pull_consents",
+            since="{{ params.since }}",
+            until="{{ params.until }}",
+            full_sync="{{ params.full_sync }}",
+            organization_user_ids="{{ params.organization_user_ids }}",
+            pool=settings.DIDOMI_POOL,
+            inlets=[Asset("didomi://consents/users")],
+        )
+        apply_mapping = ApplyConsentMappingOperator(
+            task_id="apply_mapping", users=pull_consents.output, config=settings.config_source()
+        )
+        push_contacts = DataversePushContactsOperator(
+            task_id="push_contacts",
+            contacts=apply_mapping.output,
+            config=settings.config_source(),
+            dry_run="{{ params.dry_run }}",
+            didomi_conn_id="didomi_default",  # Didomi's event history decides per-field conflicts
+            pool=settings.DATAVERSE_POOL,
+            outlets=[Asset("dataverse://contacts")],
+        )
+        preflight >> pull_consents >> apply_mapping >> push_contacts
+    return dag

@@ -1,4 +1,4 @@
-"""Dynamics 365 -> Didomi: contacts changed by people in Dynamics become Didomi consent events."""
+"""The `dynamics_to_didomi` DAG (Dynamics 365 -> Didomi): contacts changed by people become Didomi consent events."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, task
 
-from airflow_provider_didomi_dynamics import dag_settings
+from airflow_provider_didomi_dynamics.dags import settings
 from airflow_provider_didomi_dynamics.operators.dataverse import DataversePullContactsOperator
 from airflow_provider_didomi_dynamics.operators.didomi import DidomiPushConsentsOperator
 from airflow_provider_didomi_dynamics.operators.mapping import ReverseConsentMappingOperator
@@ -33,54 +33,58 @@ Params: `since` / `until`, `full_sync`, `contact_ids` (targeted re-sync), `remot
 webhook's payload, passed as run conf through the REST API: syncs just that contact), `dry_run`.
 """
 
-with DAG(
-    dag_id="dynamics_to_didomi",
-    description="Dynamics 365 contact changes -> Didomi consent events",
-    schedule=CronDataIntervalTimetable(dag_settings.schedule_cron("dynamics_to_didomi"), timezone="UTC"),
-    start_date=dag_settings.START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args=dag_settings.default_args(),
-    params={
-        **dag_settings.sync_params(),
-        "contact_ids": Param([], type="array", description="Sync only these Dataverse contact ids."),
-        "remote_execution_context": Param(
-            None,
-            type=["null", "object", "array"],
-            description="A RemoteExecutionContext delivered by the Dynamics webhook: sync just its contact.",
-        ),
-    },
-    render_template_as_native_obj=True,
-    doc_md=DOC,
-    tags=["didomi", "dynamics365", "consent"],
-) as dag:
 
-    @task(task_id="targeted_contacts")
-    def targeted_contacts(params: dict[str, Any] | None = None) -> list[str]:
-        """Contact ids from the run conf: ``contact_ids`` and/or a webhook's ``remote_execution_context``."""
-        params = params or {}
-        return targeted_contact_ids(params.get("contact_ids"), params.get("remote_execution_context"))
+def build_dag() -> DAG:
+    """The ``dynamics_to_didomi`` DAG as a deployment schedules it; a DAG file calls this at module level."""
+    with DAG(
+        dag_id="dynamics_to_didomi",
+        description="Dynamics 365 contact changes -> Didomi consent events",
+        schedule=CronDataIntervalTimetable(settings.schedule_cron("dynamics_to_didomi"), timezone="UTC"),
+        start_date=settings.START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=settings.default_args(),
+        params={
+            **settings.sync_params(),
+            "contact_ids": Param([], type="array", description="Sync only these Dataverse contact ids."),
+            "remote_execution_context": Param(
+                None,
+                type=["null", "object", "array"],
+                description="A RemoteExecutionContext delivered by the Dynamics webhook: sync just its contact.",
+            ),
+        },
+        render_template_as_native_obj=True,
+        doc_md=DOC,
+        tags=["didomi", "dynamics365", "consent"],
+    ) as dag:
 
-    preflight = SyncPreflightOperator(task_id="preflight", config=dag_settings.config_source())
-    pull_contacts = DataversePullContactsOperator(
-        task_id="pull_contacts",
-        config=dag_settings.config_source(),
-        since="{{ params.since }}",
-        until="{{ params.until }}",
-        full_sync="{{ params.full_sync }}",
-        contact_ids=targeted_contacts(),
-        pool=dag_settings.DATAVERSE_POOL,
-        inlets=[Asset("dataverse://contacts")],
-    )
-    reverse_mapping = ReverseConsentMappingOperator(
-        task_id="reverse_mapping", contacts=pull_contacts.output, config=dag_settings.config_source()
-    )
-    push_consents = DidomiPushConsentsOperator(
-        task_id="push_consents",
-        events=reverse_mapping.output,
-        config=dag_settings.config_source(),
-        dry_run="{{ params.dry_run }}",
-        pool=dag_settings.DIDOMI_POOL,
-        outlets=[Asset("didomi://consents/events")],
-    )
-    preflight >> pull_contacts >> reverse_mapping >> push_consents
+        @task(task_id="targeted_contacts")
+        def targeted_contacts(params: dict[str, Any] | None = None) -> list[str]:
+            """Contact ids from the run conf: ``contact_ids`` and/or a webhook's ``remote_execution_context``."""
+            params = params or {}
+            return targeted_contact_ids(params.get("contact_ids"), params.get("remote_execution_context"))
+
+        preflight = SyncPreflightOperator(task_id="preflight", config=settings.config_source())
+        pull_contacts = DataversePullContactsOperator(
+            task_id="pull_contacts",
+            config=settings.config_source(),
+            since="{{ params.since }}",
+            until="{{ params.until }}",
+            full_sync="{{ params.full_sync }}",
+            contact_ids=targeted_contacts(),
+            pool=settings.DATAVERSE_POOL,
+            inlets=[Asset("dataverse://contacts")],
+        )
+        reverse_mapping = ReverseConsentMappingOperator(
+            task_id="reverse_mapping", contacts=pull_contacts.output, config=settings.config_source()
+        )
+        push_consents = DidomiPushConsentsOperator(
+            task_id="push_consents",
+            events=reverse_mapping.output,
+            config=settings.config_source(),
+            dry_run="{{ params.dry_run }}",
+            pool=settings.DIDOMI_POOL,
+            outlets=[Asset("didomi://consents/events")],
+        )
+        preflight >> pull_contacts >> reverse_mapping >> push_consents
+    return dag

@@ -10,7 +10,7 @@ PYTEST_WORKERS ?= 2
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -e ".[test,lint]"
+	$(PY) -m pip install --quiet -e ".[emulators,test,lint]"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy airflow_provider_didomi_dynamics
 
 # airflow standalone wired to the emulators (demo data): UI on http://localhost:8080 (AIRFLOW__API__PORT=...), Ctrl-C stops
-# everything. See docs/airflow-ui.md. (Becomes `$(VENV)/bin/didomi-dynamics airflow` once cli.py has the subcommand.)
+# everything. See docs/airflow-ui.md. Needs the [emulators] extra, which `install` brings.
 airflow: $(STAMP)
 	$(VENV)/bin/didomi-dynamics airflow
 

@@ -201,10 +201,6 @@ class FailureThresholdError(DidomiDynamicsError):
     retryable = True
 
 
-class EmulatorsNotInstalledError(DidomiDynamicsError, ImportError):
-    """The emulators need the optional extra ``[emulators]`` (fastapi, uvicorn, cryptography)."""
-
-
 def is_retryable(error: BaseException) -> bool:
     """Whether a task that failed with ``error`` should go through Airflow's retries (True) or fail now (False).
 
@@ -232,7 +228,6 @@ __all__ = [
     "ConnectionSetupError",
     "DataverseAuthError",
     "DidomiDynamicsError",
-    "EmulatorsNotInstalledError",
     "EventFieldError",
     "FailureThresholdError",
     "GrammarError",

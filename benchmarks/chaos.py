@@ -47,9 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG_TEMPLATE = ROOT / "dags" / "config" / "demo.json"
-CONFIG_TEMPLATE_TEXT = CONFIG_TEMPLATE.read_text()  # read once; parsed afresh for every environment
+from airflow_provider_didomi_dynamics.local import DEMO_CONFIG
+
+CONFIG_TEMPLATE_TEXT = DEMO_CONFIG.read_text()  # read once; parsed afresh for every environment
 FORWARD = "didomi_to_dynamics"
 REVERSE = "dynamics_to_didomi"
 PURPOSES: dict[str, dict[str, list[str]]] = {
@@ -531,7 +531,7 @@ def _canonical_consents(consents: Any) -> Any:
 def load_dags(retry_policy: Any = None) -> dict[str, Any]:
     """Both sync DAGs, with task retries off (the campaign re-runs by itself) and a short HTTP backoff for Didomi."""
     os.environ["DIDOMI_DYNAMICS_RETRIES"] = "0"
-    from airflow_provider_didomi_dynamics.testing import load_dag
+    from airflow_provider_didomi_dynamics.local.testing import load_dag
     from airflow_provider_didomi_dynamics.transport.retry import RetryPolicy
 
     policy = retry_policy or RetryPolicy(
@@ -568,7 +568,7 @@ def run_once(
     would leak into the next run of the same DAG object. ``testing.run_dag`` restores the params it found, and
     ``clear_and_rerun`` below runs tasks outside it: each run starts from the params the DAG was loaded with.
     """
-    from airflow_provider_didomi_dynamics.testing import run_dag
+    from airflow_provider_didomi_dynamics.local.testing import run_dag
 
     _reset_params(dag)
     return run_dag(
@@ -594,7 +594,7 @@ def clear_and_rerun(dag: Any, run_id: str) -> Any:
     from airflow.utils.state import DagRunState, TaskInstanceState
     from sqlalchemy import select
 
-    from airflow_provider_didomi_dynamics.testing import collect
+    from airflow_provider_didomi_dynamics.local.testing import collect
 
     if settings.Session is None:
         raise RuntimeError("Airflow's ORM is not configured")
@@ -1081,7 +1081,7 @@ def quiet(path: Path) -> Iterator[None]:
 
 def _worker(seeds: list[int], users: int, workdir: str, verbose: bool) -> list[dict[str, Any]]:
     """Run some scenarios in this process: its own AIRFLOW_HOME, emulator pairs and DAGs."""
-    from airflow_provider_didomi_dynamics.testing import prepare_airflow_home
+    from airflow_provider_didomi_dynamics.local.testing import prepare_airflow_home
 
     base = Path(workdir)
     prepare_airflow_home(base / "airflow")

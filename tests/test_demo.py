@@ -9,7 +9,7 @@ from pathlib import Path
 DEMO = """
 import sys
 from pathlib import Path
-from airflow_provider_didomi_dynamics.demo import main
+from airflow_provider_didomi_dynamics.local.demo import main
 sys.exit(main(Path(sys.argv[1]), users=600))
 """
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from chaos_worlds import user, world
 
-from airflow_provider_didomi_dynamics.testing import load_dag, run_dag
+from airflow_provider_didomi_dynamics.local.testing import load_dag, run_dag
 
 
 def test_a_targeted_resync_does_not_turn_the_next_full_sync_into_a_targeted_one(campaign: Any) -> None:

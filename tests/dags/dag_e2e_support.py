@@ -13,17 +13,16 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from airflow_provider_didomi_dynamics.emulators.runner import RunningEmulators
-from airflow_provider_didomi_dynamics.testing import DagRunResult, load_dag, run_dag
+from airflow_provider_didomi_dynamics.local import DEMO_CONFIG
+from airflow_provider_didomi_dynamics.local.testing import DagRunResult, load_dag, run_dag
 
 FORWARD = "didomi_to_dynamics"
 REVERSE = "dynamics_to_didomi"
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "dags" / "config" / "demo.json"
 CONFIG_VARIABLE_ENV = "AIRFLOW_VAR_DIDOMI_DYNAMICS_CONFIG"
 
 # Contact columns the demo config maps from Didomi (in mapping order), and the ones mapped back to Didomi.

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from dag_e2e_support import FORWARD, REVERSE
 
-from airflow_provider_didomi_dynamics.testing import DAGS_FOLDER
+DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"  # the repo's DAG files, as a deployment copies them
 
 PULL_AND_PUSH = {
     FORWARD: {"pull_consents": "didomi_api", "push_contacts": "dataverse_api"},

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from dag_e2e_support import FORWARD, Sync, assert_accounted, push_report
 
-from airflow_provider_didomi_dynamics.testing import DagRunResult, load_dag, run_dag
+from airflow_provider_didomi_dynamics.local.testing import DagRunResult, load_dag, run_dag
 
 
 def tries(run: DagRunResult, task_id: str) -> tuple[int, list[str]]:

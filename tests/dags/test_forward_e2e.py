@@ -23,7 +23,7 @@ from dag_e2e_support import (
     push_report,
 )
 
-from airflow_provider_didomi_dynamics.testing import load_dag, run_dag
+from airflow_provider_didomi_dynamics.local.testing import load_dag, run_dag
 
 SEEDED_USERS = 300
 

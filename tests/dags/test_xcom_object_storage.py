@@ -40,7 +40,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from airflow_provider_didomi_dynamics.testing import load_dag, run_dag
+    from airflow_provider_didomi_dynamics.local.testing import load_dag, run_dag
 
     result = run_dag(load_dag("xcom_frames", Path(sys.argv[1])))
     from airflow.models.xcom import XComModel

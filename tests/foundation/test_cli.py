@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 from airflow_provider_didomi_dynamics.cli import main
-
-SEED_EXAMPLE = Path(__file__).resolve().parents[2] / "dags" / "config" / "seed_example.json"
+from airflow_provider_didomi_dynamics.local import SEED_EXAMPLE
 
 
 def test_validate_config_accepts_the_seed_example(capsys) -> None:  # type: ignore[no-untyped-def]

@@ -14,9 +14,9 @@ import pytest
 from airflow_provider_didomi_dynamics.core.config import Direction, IntegrationConfig, NullValues, load_config
 from airflow_provider_didomi_dynamics.core.grammar import FieldKind
 from airflow_provider_didomi_dynamics.exceptions import ConfigError
+from airflow_provider_didomi_dynamics.local import SEED_EXAMPLE
 
 REPO = Path(__file__).resolve().parents[2]
-SEED_EXAMPLE = REPO / "dags" / "config" / "seed_example.json"
 SHARED_SEED = REPO.parent / "shared" / "seed" / "microsoft-dynamics-365.md"
 
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 
 from airflow_provider_didomi_dynamics.core.config import IntegrationConfig
+from airflow_provider_didomi_dynamics.local import SEED_EXAMPLE as SEED_EXAMPLE_FILE
 from airflow_provider_didomi_dynamics.mapping.flatten import flatten_users
 from airflow_provider_didomi_dynamics.mapping.forward import forward_map
 from airflow_provider_didomi_dynamics.mapping.reverse import reverse_map
 
 # The repo's verbatim copy of the seed's example; tests/foundation checks it against the seed document.
-SEED_EXAMPLE = (Path(__file__).resolve().parents[2] / "dags" / "config" / "seed_example.json").read_text()
+SEED_EXAMPLE = SEED_EXAMPLE_FILE.read_text()
 
 
 def test_seed_example_parses_with_defaults() -> None:

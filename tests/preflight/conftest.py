@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from preflight_support import Setup
 
 from airflow_provider_didomi_dynamics.emulators.runner import RunningEmulators, connection_env
+from airflow_provider_didomi_dynamics.local import DEMO_CONFIG
 from airflow_provider_didomi_dynamics.preflight.run import forget_preflight_cache
-
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "dags" / "config" / "demo.json"
 
 
 @pytest.fixture(scope="session")

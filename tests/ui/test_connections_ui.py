@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_didomi_dynamics import local_airflow
 from airflow_provider_didomi_dynamics.emulators.runner import RunningEmulators
 from airflow_provider_didomi_dynamics.get_provider_info import get_provider_info
+from airflow_provider_didomi_dynamics.local import standalone as local_airflow
 
 STANDARD_FIELDS = {"description", "schema", "host", "port", "login", "password", "extra"}
 WRONG_SECRET = "definitely-not-the-secret"
@@ -35,8 +35,8 @@ SETUP = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from airflow_provider_didomi_dynamics import local_airflow
-    from airflow_provider_didomi_dynamics.testing import prepare_airflow_home
+    from airflow_provider_didomi_dynamics.local import standalone as local_airflow
+    from airflow_provider_didomi_dynamics.local.testing import prepare_airflow_home
 
     home, endpoints, wrong = Path(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
     prepare_airflow_home(home)

@@ -1,17 +1,18 @@
 """``make airflow``: the real Airflow UI (``airflow standalone``) wired to both emulators, for a person to try.
 
 1. start both emulators with the demo data (one private CA), in this process;
-2. prepare an ``AIRFLOW_HOME`` with SQLite (``<workdir>/airflow``) and ``[core] test_connection = Enabled``;
+2. prepare an ``AIRFLOW_HOME`` with SQLite (``<workdir>/airflow``), the provider's DAG files in its ``dags/`` and
+   ``[core] test_connection = Enabled``;
 3. write into the metadata database, so they show in the UI (Admin > Connections / Variables / Pools):
    the connections ``didomi_default`` and ``dataverse_default`` (pointing at the emulators; refreshed on every
-   start because the emulators' ports and CA change), the Variable ``didomi_dynamics_config`` (``dags/config/demo.json``
-   with the emulator's ``authentication``) and the pools ``didomi_api`` / ``dataverse_api``;
+   start because the emulators' ports and CA change), the Variable ``didomi_dynamics_config`` (the packaged
+   ``local/config/demo.json`` with the emulator's ``authentication``) and the pools ``didomi_api`` / ``dataverse_api``;
 4. run ``airflow standalone`` (scheduler, API server + UI, triggerer, DAG processor) as a subprocess, its output in
    ``<workdir>/airflow-standalone.log``, and print the URL, the user and the password once the UI answers;
 5. on Ctrl-C or SIGTERM stop Airflow (and anything it started), then the emulators.
 
 Run it with ``make airflow``, ``didomi-dynamics airflow`` or
-``python -m airflow_provider_didomi_dynamics.local_airflow``.
+``python -m airflow_provider_didomi_dynamics.local.standalone``.
 Nothing from airflow is imported before :func:`prepare_airflow_home` has set the environment.
 """
 
@@ -34,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_didomi_dynamics.emulators.runner import RunningEmulators, connection_env
-from airflow_provider_didomi_dynamics.testing import DAGS_FOLDER, prepare_airflow_home
+from airflow_provider_didomi_dynamics.local import DEMO_CONFIG
+from airflow_provider_didomi_dynamics.local.testing import prepare_airflow_home
 
 DEFAULT_WORKDIR = Path(".airflow-local")
 DEFAULT_PORT = 8080
 CONFIG_VARIABLE = "didomi_dynamics_config"
-DEMO_CONFIG = DAGS_FOLDER / "config" / "demo.json"
 POOL_SLOTS = 4
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
 LOG_FILE = "airflow-standalone.log"
@@ -70,7 +71,7 @@ def connection_rows(endpoints: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def demo_config(endpoints: dict[str, Any], path: Path = DEMO_CONFIG) -> dict[str, Any]:
-    """``dags/config/demo.json`` with the emulator's Dataverse app registration as ``authentication``."""
+    """The packaged demo config with the emulator's Dataverse app registration as ``authentication``."""
     config: dict[str, Any] = json.loads(path.read_text())
     config["authentication"] = {
         "client_id": endpoints["client_id"],
@@ -82,7 +83,7 @@ def demo_config(endpoints: dict[str, Any], path: Path = DEMO_CONFIG) -> dict[str
 
 
 def pool_names() -> list[str]:
-    """The pools the DAGs use (``dag_settings`` reads the same environment variables)."""
+    """The pools the DAGs use (``dags.settings`` reads the same environment variables)."""
     return [
         os.environ.get("DIDOMI_DYNAMICS_DIDOMI_POOL", "didomi_api"),
         os.environ.get("DIDOMI_DYNAMICS_DATAVERSE_POOL", "dataverse_api"),
@@ -328,7 +329,7 @@ def print_banner(port: int, home: Path, endpoints: dict[str, Any], log_path: Pat
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m airflow_provider_didomi_dynamics.local_airflow",
+        prog="python -m airflow_provider_didomi_dynamics.local.standalone",
         description="Run airflow standalone wired to the local Didomi and Dataverse emulators (demo data).",
     )
     add_arguments(parser)
@@ -336,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``didomi-dynamics airflow`` and ``python -m ...local_airflow``."""
+    """The options of ``didomi-dynamics airflow`` and ``python -m ...local.standalone``."""
     parser.add_argument(
         "--workdir", default=str(DEFAULT_WORKDIR), help="where AIRFLOW_HOME, the emulator files and the log go"
     )

@@ -16,14 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_didomi_dynamics.emulators.runner import RunningEmulators
-from airflow_provider_didomi_dynamics.testing import (
-    DAGS_FOLDER,
-    prepare_airflow_home,
-    set_config_variable,
-    set_connections,
-)
+from airflow_provider_didomi_dynamics.local import DEMO_CONFIG
+from airflow_provider_didomi_dynamics.local.testing import prepare_airflow_home, set_config_variable, set_connections
 
-DEMO_CONFIG = DAGS_FOLDER / "config" / "demo.json"
 EDITED_CONTACTS = 40
 OUTCOMES = ("created", "updated", "sent", "unchanged", "skipped", "failed")
 
@@ -79,7 +74,7 @@ def main(workdir: Path = Path(".demo"), users: int = 5000, quiet_airflow: bool =
     prepare_airflow_home(workdir / "airflow")
     config = json.loads(DEMO_CONFIG.read_text())
     with RunningEmulators(workdir / "emulators", seed="demo", demo_users=users) as running:
-        from airflow_provider_didomi_dynamics.testing import load_dag, run_dag
+        from airflow_provider_didomi_dynamics.local.testing import load_dag, run_dag
 
         endpoints = running.endpoints
         print(f"emulators: Dataverse {endpoints['dataverse_url']}, Didomi {endpoints['didomi_url']}")

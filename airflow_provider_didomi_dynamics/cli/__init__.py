@@ -1,4 +1,7 @@
-"""The ``didomi-dynamics`` console script: validate a config, run the emulators, check a setup before a sync."""
+"""The ``didomi-dynamics`` console script: validate a config, run the emulators, check a setup before a sync.
+
+This module is the argument parser; :mod:`.commands` holds what each subcommand does.
+"""
 
 from __future__ import annotations
 
@@ -6,57 +9,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from airflow_provider_didomi_dynamics.core.config import IntegrationConfig
-from airflow_provider_didomi_dynamics.exceptions import ConfigError
+from airflow_provider_didomi_dynamics.cli.commands import (
+    cmd_airflow,
+    cmd_demo,
+    cmd_emulate,
+    cmd_preflight,
+    cmd_validate_config,
+)
 
-EXIT_OK = 0
-EXIT_INVALID = 2
-
-
-def cmd_validate_config(args: argparse.Namespace) -> int:
-    """Exit 0 with a one-line summary, or 2 with every problem on its own line, each with its JSON path."""
-    try:
-        config = IntegrationConfig.from_file(args.path)
-    except ConfigError as err:
-        print(f"{args.path}: invalid, {len(err.problems)} problem(s):", file=sys.stderr)
-        for problem in err.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return EXIT_INVALID
-    print(f"{args.path}: {config.summary()}")
-    return EXIT_OK
-
-
-def cmd_emulate(args: argparse.Namespace) -> int:
-    from airflow_provider_didomi_dynamics.emulators.runner import run_emulators
-
-    return run_emulators(
-        only=args.only,
-        state_dir=args.state_dir,
-        latency_ms=args.latency_ms,
-        seed=args.seed,
-    )
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from airflow_provider_didomi_dynamics.demo import main as demo_main
-
-    return demo_main(Path(args.workdir))
-
-
-def cmd_preflight(args: argparse.Namespace) -> int:
-    from airflow_provider_didomi_dynamics.preflight.command import main_preflight
-
-    return main_preflight(args)
-
-
-def cmd_airflow(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from airflow_provider_didomi_dynamics.local_airflow import main as airflow_main
-
-    return airflow_main(Path(args.workdir), port=args.port, verbose=args.verbose)
+EXIT_MISSING_EXTRA = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,8 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    try:
+        return int(args.func(args))
+    except ImportError as err:
+        # The emulators' import guard names the pip extra that brings what is missing: that line is all a person
+        # needs, a traceback would bury it. Any other ImportError is a bug and keeps its traceback.
+        if getattr(err, "extra", None) is None:
+            raise
+        print(f"didomi-dynamics {args.command}: {err}", file=sys.stderr)
+        return EXIT_MISSING_EXTRA

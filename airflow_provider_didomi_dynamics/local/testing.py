@@ -1,7 +1,8 @@
 """Run the sync DAGs in-process against the emulators: for the demo, our tests and users testing their own DAGs.
 
 Airflow reads its configuration at import, so :func:`prepare_airflow_home` sets the environment first; import
-nothing from airflow before calling it.
+nothing from airflow before calling it. Its DAGs folder is ``<home>/dags`` with the provider's three DAG files
+(written from the package, so this works from an installed wheel), unless you pass your own folder.
 """
 
 from __future__ import annotations
@@ -15,13 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DAGS_FOLDER = Path(__file__).resolve().parent.parent / "dags"
+from airflow_provider_didomi_dynamics.dags import write_dag_files
 
 
-def prepare_airflow_home(home: Path, dags_folder: Path = DAGS_FOLDER, migrate: bool = True) -> None:
-    """Point Airflow at a private SQLite home and (once) create its metadata database."""
+def prepare_airflow_home(home: Path, dags_folder: Path | None = None, migrate: bool = True) -> None:
+    """Point Airflow at a private SQLite home and (once) create its metadata database.
+
+    ``dags_folder`` None: ``<home>/dags``, (re)written with the provider's DAG files.
+    """
     home = home.resolve()  # SQLite URLs must be absolute
     home.mkdir(parents=True, exist_ok=True)
+    if dags_folder is None:
+        dags_folder = write_dag_files(home / "dags")
     os.environ["AIRFLOW_HOME"] = str(home)
     os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(dags_folder)
@@ -63,9 +69,13 @@ class DagRunResult:
         return self.xcoms.get((task_id, key))
 
 
-def load_dag(dag_id: str, dags_folder: Path = DAGS_FOLDER) -> Any:
+def load_dag(dag_id: str, dags_folder: Path | None = None) -> Any:
+    """The DAG ``dag_id`` as the DAG processor parses it from ``dags_folder`` (None: ``[core] dags_folder``)."""
+    from airflow.configuration import conf
     from airflow.dag_processing.dagbag import DagBag
 
+    if dags_folder is None:
+        dags_folder = Path(conf.get("core", "dags_folder"))
     bag = DagBag(str(dags_folder))
     if bag.import_errors:
         raise RuntimeError(f"DAG import errors: {bag.import_errors}")

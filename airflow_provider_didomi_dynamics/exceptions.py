@@ -8,6 +8,7 @@ already catch as ``ValueError`` or ``TypeError`` keep that second base.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -215,7 +216,11 @@ def is_retryable(error: BaseException) -> bool:
         requests = None  # type: ignore[assignment]
     if requests is not None and isinstance(error, requests.exceptions.SSLError):
         return "CERTIFICATE_VERIFY_FAILED" not in str(error)
-    return type(error).__name__ not in ("AirflowNotFoundException", "ConnectionNotFound")
+    for module in ("airflow.sdk.exceptions", "airflow.exceptions"):  # loaded whenever Airflow raised the error
+        not_found = getattr(sys.modules.get(module), "AirflowNotFoundException", None)
+        if isinstance(not_found, type) and isinstance(error, not_found):
+            return False
+    return True
 
 
 __all__ = [

@@ -9,6 +9,7 @@ from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, task
 from airflow_provider_didomi_dynamics.dags import settings
 from airflow_provider_didomi_dynamics.operators.dataverse import DataversePullContactsOperator
 from airflow_provider_didomi_dynamics.operators.didomi import DidomiPushConsentsOperator
+from airflow_provider_didomi_dynamics.operators.fail_fast import fails_fast
 from airflow_provider_didomi_dynamics.operators.mapping import ReverseConsentMappingOperator
 from airflow_provider_didomi_dynamics.operators.preflight import SyncPreflightOperator
 from airflow_provider_didomi_dynamics.sync.webhook_payload import targeted_contact_ids
@@ -59,6 +60,7 @@ def build_dag() -> DAG:
     ) as dag:
 
         @task(task_id="targeted_contacts")
+        @fails_fast
         def targeted_contacts(params: dict[str, Any] | None = None) -> list[str]:
             """Contact ids from the run conf: ``contact_ids`` and/or a webhook's ``remote_execution_context``."""
             params = params or {}

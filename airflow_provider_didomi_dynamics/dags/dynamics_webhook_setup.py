@@ -7,6 +7,7 @@ from typing import Any
 from airflow.sdk import DAG, Param, task
 
 from airflow_provider_didomi_dynamics.dags import settings
+from airflow_provider_didomi_dynamics.operators.fail_fast import fails_fast
 
 DOC = """
 ### Dynamics webhook setup (manual)
@@ -49,6 +50,7 @@ def build_dag() -> DAG:
     ) as dag:
 
         @task(pool=settings.DATAVERSE_POOL)
+        @fails_fast
         def setup_webhook(params: dict[str, Any] | None = None) -> dict[str, Any]:
             from airflow.sdk import BaseHook
 

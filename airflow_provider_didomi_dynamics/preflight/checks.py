@@ -44,7 +44,8 @@ def judge(
         message = dataverse.connection_error + " Other Dataverse checks skipped."
         checks.append(Check("Dataverse connection", FAIL, message, transient="connection" in dataverse.transient))
     else:
-        checks.append(Check("Dataverse connection", OK, dataverse.connected_as + " (token and WhoAmI work)."))
+        source = f"; credentials: {dataverse.credentials}" if dataverse.credentials else ""
+        checks.append(Check("Dataverse connection", OK, f"{dataverse.connected_as} (token and WhoAmI work{source})."))
     if didomi.connection_error:
         checks.append(Check("Didomi connection", FAIL, didomi.connection_error, transient=didomi.connection_transient))
     else:

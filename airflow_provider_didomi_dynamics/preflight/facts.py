@@ -60,6 +60,7 @@ class DataverseFacts:
 
     connection_error: str | None = None
     connected_as: str = ""
+    credentials: str = ""  # where the hook's credentials came from: a connection or the config's block
     user_id: str = ""
     privileges: dict[str, str] | None = None
     privileges_error: str | None = None
@@ -140,7 +141,7 @@ class DidomiFacts:
 
 def gather_dataverse(hook: Any, config: IntegrationConfig, check_webhook: bool) -> DataverseFacts:
     """Every Dataverse answer the checks need; one failed read never hides the others."""
-    facts = DataverseFacts()
+    facts = DataverseFacts(credentials=getattr(hook, "credential_source", ""))
     try:
         connected_as = hook.connect()
         user_id = hook.user_id  # who_am_i (in connect) cached it, lower-cased

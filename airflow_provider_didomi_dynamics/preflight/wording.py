@@ -8,8 +8,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import requests
+from airflow.exceptions import AirflowNotFoundException
 
-from airflow_provider_didomi_dynamics.exceptions import ApiError, DidomiDynamicsError
+from airflow_provider_didomi_dynamics.exceptions import ApiError, DataverseAuthError, DidomiDynamicsError
 
 ROLES_HOWTO = (
     "Power Platform admin center → Environments → your environment → Settings → Users + permissions → "
@@ -78,21 +79,20 @@ def dataverse_connection_problem(hook: Any, err: BaseException) -> str:
     """What a failed token or WhoAmI means and what to do about it."""
     conn_id = getattr(hook, "dataverse_conn_id", "dataverse_default")
     detail = describe_error(err)
-    name = type(err).__name__
-    if name in ("AirflowNotFoundException", "ConnectionNotFound") or "isn't defined" in str(err):
+    if isinstance(err, AirflowNotFoundException):
         return (
             f"Airflow connection {conn_id!r} does not exist. Create it (Admin → Connections, type Dataverse) or set "
             f"AIRFLOW_CONN_{conn_id.upper()}; without it nothing can be synced. ({detail})"
         )
     if isinstance(err, ValueError):
         return f"Airflow connection {conn_id!r} is incomplete: {err}. Fill in the missing fields and run again."
-    if name == "DataverseAuthError" and getattr(err, "unreachable", False):
+    if isinstance(err, DataverseAuthError) and err.unreachable:
         return (
             f"{err}. The token service is out of reach: check extra authority_host of connection {conn_id!r} "
             "(sovereign clouds use another host), extra ca_bundle for a private CA, and the network or proxy route "
             "from the Airflow workers."
         )
-    if name == "DataverseAuthError":
+    if isinstance(err, DataverseAuthError):
         return (
             f"Entra ID refused the client credentials of connection {conn_id!r}: {err}. Check the client ID "
             "(login), the secret value (password, not the secret ID; expired secrets are refused) and tenant_id "

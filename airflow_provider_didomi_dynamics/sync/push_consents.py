@@ -234,7 +234,6 @@ def _push(
     return failed
 
 
-@staticmethod
 def _plan(
     row: _Row,
     user: dict[str, Any] | None,
@@ -256,7 +255,6 @@ def _plan(
     planned.append((row, event))
 
 
-@staticmethod
 def _resolve_conflict(
     row: _Row,
     didomi_updated: dt.datetime,
@@ -289,7 +287,6 @@ def _resolve_conflict(
         )
 
 
-@staticmethod
 def _match_other_spellings(hook: DidomiHook, rows: list[_Row], current: dict[str, dict[str, Any]]) -> None:
     """A contact key Didomi does not know as spelt may be a known user in lower case.
 

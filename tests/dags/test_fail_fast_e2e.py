@@ -96,3 +96,22 @@ def test_a_dataverse_outage_during_the_push_goes_up_for_retry_and_the_retry_writ
     assert report["counts"]["created"] == len(missing), "the retry creates what the outage stopped"
     assert report["counts"]["failed"] == 0
     assert sorted(sync.contacts()) == sorted(users)
+
+
+def test_a_bad_contact_id_in_the_run_conf_fails_on_the_first_try(
+    sync: Sync, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The DAG's own ``@task`` steps fail fast too: a typo in a run param is not fixed by waiting."""
+    from dag_e2e_support import REVERSE
+
+    monkeypatch.setenv("DIDOMI_DYNAMICS_RETRIES", "3")
+    sync.seed(users=20)
+    dag = load_dag(REVERSE)
+    dag.get_task("targeted_contacts").retry_delay = dt.timedelta(0)
+
+    run = run_dag(dag, run_conf={"contact_ids": ["not-a-guid"]})
+
+    out, err = capfd.readouterr()
+    assert run.task_states["targeted_contacts"] == "failed"
+    assert tries(run, "targeted_contacts") == (1, [])
+    assert "contact_ids[0]: 'not-a-guid' is not a contact GUID" in out + err

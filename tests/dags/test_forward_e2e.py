@@ -276,3 +276,21 @@ def test_run_dag_keeps_each_runs_conf_to_itself(sync: Sync) -> None:
     window = targeted.value("pull_consents", "pull_report")["window"]
     assert window["why"] == "since/until", f"the second run used the first run's full_sync: {window}"
     assert targeted.value("pull_consents", "pull_report")["kept"] == 0
+
+
+def test_a_config_without_authentication_runs_on_the_connection_alone(sync: Sync) -> None:
+    """Item 10 of [architecture]: the client secret lives in the dataverse_default connection, not the Variable."""
+    sync.seed(users=50)
+    config = {key: value for key, value in sync.config.items() if key != "authentication"}
+    sync.config = config
+    sync.set_config(upsert_mode=True)
+
+    result = sync.forward(full_sync=True)
+
+    assert result.state == "success", result.task_states
+    assert "authentication" not in sync.config
+    report = push_report(result, "push_contacts")
+    assert report["total"] == len(sync.users()) and "failed" not in counts(report)
+    assert set(sync.contacts()) == set(sync.users())  # upsert_mode: every user is a contact now
+    checks = {check["name"]: check for check in result.value("preflight")["checks"]}
+    assert "credentials: Airflow connection 'dataverse_default'" in checks["Dataverse connection"]["message"]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from http.client import HTTPMessage
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 import requests
 from requests.cookies import MockRequest, MockResponse
 
-from airflow_provider_didomi_dynamics.core.config import Authentication, Secret
+from airflow_provider_didomi_dynamics.core.config import Authentication, IntegrationConfig, Secret
+from airflow_provider_didomi_dynamics.exceptions import ConnectionSetupError, is_retryable
 from airflow_provider_didomi_dynamics.hooks.dataverse import (
     MAX_BATCH_URL_LENGTH,
     MAX_URL_LENGTH,
@@ -91,6 +93,44 @@ def test_from_config_uses_the_seed_authentication_block() -> None:
     assert hook.settings.authority == "https://login.microsoftonline.us/tid"
     assert hook.settings.ca_bundle == "/ca.pem"
     assert hook.settings.client_secret.get_secret_value() == "sec"
+
+
+def _config(with_block: bool) -> IntegrationConfig:
+    raw: dict[str, Any] = {
+        "type_id": "microsoft-dynamics",
+        "mappings": [{"id": "followemail", "value": "consents_purposes_marketing_enabled"}],
+    }
+    if with_block:
+        raw["authentication"] = {
+            "client_id": "cid",
+            "client_secret": "sec",
+            "tenant_id": "tid",
+            "instance": "https://o",
+        }
+    return IntegrationConfig.from_dict(raw)
+
+
+def test_credentials_come_from_the_connection_when_it_exists_else_the_block(conn_env: None) -> None:
+    """Item 10 of [architecture]: the connection wins; the config's block is the fallback; the hook says which."""
+    from_connection = DataverseHook.for_config("dataverse_unit", _config(with_block=True))
+    assert from_connection.settings.client_id == "client-id"
+    assert from_connection.credential_source == "Airflow connection 'dataverse_unit'"
+    from_block = DataverseHook.for_config("dataverse_absent", _config(with_block=True))
+    assert from_block.settings.client_id == "cid"
+    assert (
+        from_block.credential_source == "the config's authentication block (no Airflow connection 'dataverse_absent')"
+    )
+
+
+def test_neither_a_connection_nor_a_block_names_both_fixes() -> None:
+    with pytest.raises(ConnectionSetupError) as err:
+        DataverseHook.for_config("dataverse_absent", _config(with_block=False))
+    message = str(err.value)
+    assert message.startswith("Dataverse credentials: no Airflow connection 'dataverse_absent' and no authentication")
+    assert (
+        "Admin > Connections" in message and "authentication {client_id, client_secret, tenant_id, instance}" in message
+    )
+    assert not is_retryable(err.value)  # fails the task at once: a retry cannot create the connection
 
 
 def test_secret_is_registered_with_the_airflow_masker(conn_env: None) -> None:

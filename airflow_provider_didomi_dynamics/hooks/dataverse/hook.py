@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import http.cookiejar
 import json
+import logging
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,7 @@ from airflow.sdk import BaseHook
 from requests_toolbelt.adapters.socket_options import TCPKeepAliveAdapter
 
 from airflow_provider_didomi_dynamics.core.config import Authentication, IntegrationConfig
-from airflow_provider_didomi_dynamics.exceptions import AmbiguousWriteError, ApiError
+from airflow_provider_didomi_dynamics.exceptions import AmbiguousWriteError, ApiError, ConnectionSetupError
 from airflow_provider_didomi_dynamics.hooks.dataverse.auth import BearerToken
 from airflow_provider_didomi_dynamics.hooks.dataverse.batch import (
     BatchRequest,
@@ -69,6 +70,8 @@ from airflow_provider_didomi_dynamics.transport.retry import (
 
 SERVICE = "Dataverse"
 BASE_HEADERS = {"Accept": "application/json", "OData-MaxVersion": "4.0", "OData-Version": "4.0"}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -113,6 +116,7 @@ class DataverseHook(DataverseMetadata, DataverseWrites, BaseHook):
     ) -> None:
         super().__init__()
         self.dataverse_conn_id = dataverse_conn_id
+        self.credential_source = f"Airflow connection {dataverse_conn_id!r}"  # what preflight and the log name
         self.retry_policy = retry_policy or RetryPolicy()
         self.gate = gate or ThrottleGate()
         self.pacer = BudgetPacer()
@@ -131,9 +135,38 @@ class DataverseHook(DataverseMetadata, DataverseWrites, BaseHook):
 
     @classmethod
     def for_config(cls, conn_id: str | None, config: IntegrationConfig, **kwargs: Any) -> DataverseHook:
-        """The hook of Airflow connection ``conn_id``, or (``conn_id`` None or empty) one built from the config's
-        ``authentication`` block."""
-        return cls(conn_id, **kwargs) if conn_id else cls.from_config(config.authentication, **kwargs)
+        """Credentials, first match wins: the Airflow connection ``conn_id`` when it exists (a secrets backend
+        counts), else the config's ``authentication`` block; neither is an error that names both fixes.
+
+        A client secret belongs in a connection, so the block is optional; the seed's example, which has it, works.
+        """
+        if conn_id and cls.connection_exists(conn_id):
+            hook = cls(conn_id, **kwargs)
+        elif config.authentication is not None:
+            hook = cls.from_config(config.authentication, **kwargs)
+            if conn_id:
+                hook.credential_source += f" (no Airflow connection {conn_id!r})"
+        else:
+            missing = f"no Airflow connection {conn_id!r}" if conn_id else "no Dataverse connection id"
+            raise ConnectionSetupError(
+                f"Dataverse credentials: {missing} and no authentication block in the config. Add the connection "
+                "(Admin > Connections, type Microsoft Dynamics 365 (Dataverse): instance URL, client ID, client "
+                "secret, tenant ID) or a secrets-backend entry for it, or add authentication {client_id, "
+                "client_secret, tenant_id, instance} to the config"
+            )
+        log.info("Dataverse credentials: %s", hook.credential_source)
+        return hook
+
+    @classmethod
+    def connection_exists(cls, conn_id: str) -> bool:
+        """Whether Airflow knows ``conn_id`` (metadata database, environment variable or secrets backend)."""
+        from airflow.exceptions import AirflowNotFoundException
+
+        try:
+            BaseHook.get_connection(conn_id)
+        except AirflowNotFoundException:
+            return False
+        return True
 
     @classmethod
     def from_config(
@@ -165,6 +198,7 @@ class DataverseHook(DataverseMetadata, DataverseWrites, BaseHook):
         }
         if ca_bundle:
             extra["ca_bundle"] = ca_bundle
+        hook.credential_source = "the config's authentication block"
         hook._inline_connection = Connection(
             conn_id="dataverse_from_config",
             conn_type=cls.conn_type,

@@ -6,7 +6,6 @@ what the push wrote never travels back to Didomi. The frame keeps nullable dtype
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -15,7 +14,7 @@ import pandas as pd
 
 from airflow_provider_didomi_dynamics.core.config import IntegrationConfig
 from airflow_provider_didomi_dynamics.core.windows import SyncWindow
-from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook, in_filter
+from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook, in_filter, odata_datetime
 from airflow_provider_didomi_dynamics.sync.contact_plan import ENTITY, ENTITY_SET, native
 
 log = logging.getLogger(__name__)
@@ -48,9 +47,9 @@ def pull_contacts(
     else:
         clauses = list(common)
         if window is not None and window.start is not None:
-            clauses.append(f"modifiedon ge {_odata_datetime(window.start)}")
+            clauses.append(f"modifiedon ge {odata_datetime(window.start)}")
         if window is not None and window.end is not None:
-            clauses.append(f"modifiedon lt {_odata_datetime(window.end)}")
+            clauses.append(f"modifiedon lt {odata_datetime(window.end)}")
         filters.append(" and ".join(clauses))
         described = window.describe() if window is not None else "everything"
     records: list[dict[str, Any]] = []
@@ -80,14 +79,6 @@ def contacts_frame(records: list[dict[str, Any]], columns: list[str]) -> pd.Data
     frame[columns[1]] = frame[columns[1]].astype("string")
     frame["modifiedon"] = pd.to_datetime(frame["modifiedon"], utc=True)
     return frame
-
-
-def _odata_datetime(value: dt.datetime) -> str:
-    value = value.astimezone(dt.timezone.utc)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
-    if value.microsecond:
-        text += f".{value.microsecond // 1000:03d}"
-    return text + "Z"
 
 
 def column_defaults(hook: DataverseHook, config: IntegrationConfig) -> dict[str, Any]:

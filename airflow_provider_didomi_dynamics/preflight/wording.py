@@ -8,7 +8,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import requests
-from airflow.exceptions import AirflowNotFoundException
 
 from airflow_provider_didomi_dynamics.exceptions import ApiError, DataverseAuthError, DidomiDynamicsError
 
@@ -78,6 +77,8 @@ def didomi_connection_problem(conn_id: str, err: BaseException) -> str:
 def dataverse_connection_problem(hook: Any, err: BaseException) -> str:
     """What a failed token or WhoAmI means and what to do about it."""
     conn_id = getattr(hook, "dataverse_conn_id", "dataverse_default")
+    from airflow.exceptions import AirflowNotFoundException  # here: the CLI must not configure Airflow at import
+
     detail = describe_error(err)
     if isinstance(err, AirflowNotFoundException):
         return (

@@ -42,3 +42,14 @@ def test_console_script_is_installed(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "cannot read" in result.stderr
+
+
+def test_the_cli_does_not_import_airflow_before_a_command_sets_its_home() -> None:
+    """Airflow reads its configuration at import: a parser that imported it would pin ~/airflow's database, and
+    `didomi-dynamics demo` would then fail with "no such table: dag" on its own fresh home."""
+    probe = (
+        "import sys; from airflow_provider_didomi_dynamics.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in sys.modules if m == 'airflow' or m.startswith('airflow.')))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

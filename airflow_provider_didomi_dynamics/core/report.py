@@ -5,12 +5,20 @@ It is plain JSON in XCom, so a person reads it in the UI and the next run reads 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from airflow_provider_didomi_dynamics.core.coerce import optional_number
+
+# Bounds of the XCom form: a person reads a few rows per reason; every row is in the rows file.
+LISTED_ROWS = 40
+REASON_GROUPS = 15
+MAX_REASON = 2000
+XCOM_BUDGET = 60 * 1024  # under the 64 KB a person's browser and the metadata database handle without pain
 
 
 class Outcome(str, Enum):
@@ -78,28 +86,94 @@ class RunReport:
     def failed(self) -> list[RowResult]:
         return [r for r in self.rows if r.outcome is Outcome.FAILED]
 
-    def as_dict(self, sample: int = 20) -> dict[str, Any]:
-        """The XCom form: counts, every failed and skipped row with its reason, a sample of the changes."""
+    def as_dict(self, sample: int = 20, rows_file: str | None = None) -> dict[str, Any]:
+        """The XCom form, shaped for a person and bounded whatever the number of rows (``XCOM_BUDGET`` bytes).
+
+        The one-line summary first, then counts, skipped and failed rows grouped by reason (a few keys each), the
+        first rows of each list, a sample of changes and the engine's extras (window, plan, ...). Every row with its
+        outcome and reason is in ``rows_file`` (object storage) when the operator wrote one. Long reasons or
+        changes make the lists shorter, never the report bigger than the budget.
+        """
         changed = [r for r in self.rows if r.outcome in (Outcome.CREATED, Outcome.UPDATED, Outcome.SENT)]
-        return {
-            "operation": self.operation,
-            "dry_run": self.dry_run,
-            "total": self.total,
-            "counts": self.counts,
-            "http_requests": self.http_requests,
-            "throttled_429": self.throttled_429,
-            "seconds": round(self.seconds, 3),
-            "failed": [r.as_dict() for r in self.rows if r.outcome is Outcome.FAILED],
-            "skipped": [r.as_dict() for r in self.rows if r.outcome is Outcome.SKIPPED],
-            "sample_changes": [r.as_dict() for r in changed[:sample]],
-            **self.extra,
-        }
+        failed = [r for r in self.rows if r.outcome is Outcome.FAILED]
+        skipped = [r for r in self.rows if r.outcome is Outcome.SKIPPED]
+        failed_groups, skipped_groups = by_reason(failed), by_reason(skipped)
+        listed = LISTED_ROWS
+        while True:
+            report = {
+                "summary": self.summary(),
+                "operation": self.operation,
+                "dry_run": self.dry_run,
+                "total": self.total,
+                "counts": self.counts,
+                "http_requests": self.http_requests,
+                "throttled_429": self.throttled_429,
+                "seconds": round(self.seconds, 3),
+                "failed_by_reason": _fewer(failed_groups, listed),
+                "skipped_by_reason": _fewer(skipped_groups, listed),
+                "failed": [_listed(r) for r in failed[:listed]],
+                "skipped": [_listed(r) for r in skipped[:listed]],
+                "sample_changes": [r.as_dict() for r in changed[: min(sample, listed)]],
+            }
+            if len(failed) > listed or len(skipped) > listed:
+                report["rows_listed"] = f"the first {listed} failed and skipped rows; every row is in rows_file"
+            if rows_file:
+                report["rows_file"] = rows_file
+            extra = dict(self.extra)
+            if len(extra.get("retried_keys", ())) > listed:
+                extra["retried_keys"] = extra["retried_keys"][:listed]
+            report.update(extra)
+            if listed <= 1 or len(json.dumps(report, default=str)) <= XCOM_BUDGET:
+                return report
+            listed //= 2
+
+    def rows_lines(self) -> Iterator[str]:
+        """Every row as one JSON line: what ``rows_file`` holds."""
+        for row in self.rows:
+            yield json.dumps(row.as_dict(), ensure_ascii=False, default=str) + "\n"
 
     def summary(self) -> str:
         parts = ", ".join(f"{n} {name}" for name, n in self.counts.items() if n)
         return f"{self.operation}: {self.total} row(s): {parts or 'nothing to do'}" + (
             " (dry run)" if self.dry_run else ""
         )
+
+
+def by_reason(rows: list[RowResult], sample: int = 5) -> list[dict[str, Any]]:
+    """Rows grouped by reason, the largest group first, with a few keys each.
+
+    A reason that names its own row ("no contact with emailaddress1=ann@x.com") is grouped with the others of its
+    kind by writing the key as ``<key>``.
+    """
+    by_text: dict[str, list[str]] = {}
+    for row in rows:
+        reason = row.reason or "(no reason given)"
+        if row.key and row.key in reason:
+            reason = reason.replace(row.key, "<key>")
+        by_text.setdefault(_clip(reason), []).append(row.key)
+    ordered = sorted(by_text.items(), key=lambda item: -len(item[1]))
+    return [{"reason": reason, "rows": len(keys), "sample": keys[:sample]} for reason, keys in ordered]
+
+
+def _fewer(groups: list[dict[str, Any]], most: int) -> list[dict[str, Any]]:
+    """The largest ``most`` reason groups (at most ``REASON_GROUPS``), the rest counted together."""
+    most = min(most, REASON_GROUPS)
+    if len(groups) <= most:
+        return groups
+    rest = groups[most:]
+    others = {"reason": f"{len(rest)} other reason(s)", "rows": sum(g["rows"] for g in rest), "sample": []}
+    return [*groups[:most], others]
+
+
+def _listed(row: RowResult) -> dict[str, Any]:
+    listed = row.as_dict()
+    if "reason" in listed:
+        listed["reason"] = _clip(listed["reason"])
+    return listed
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
 
 
 def enforce_failure_threshold(

@@ -24,6 +24,7 @@ from airflow_provider_didomi_dynamics.operators.fail_fast import fails_fast
 from airflow_provider_didomi_dynamics.sync.pull_contacts import pull_contacts
 from airflow_provider_didomi_dynamics.sync.push_contacts import PushOptions, push_contacts
 from airflow_provider_didomi_dynamics.sync.retry_queue import RetryQueue, hand_over
+from airflow_provider_didomi_dynamics.sync.rows_file import write_rows_file
 
 
 class DataversePushContactsOperator(BaseOperator):
@@ -128,7 +129,7 @@ class DataversePushContactsOperator(BaseOperator):
                 didomi.close()
         if ti is not None and not options.dry_run:
             hand_over(ti, queue, report.retry_rows)
-        result = report.as_dict()
+        result = report.as_dict(rows_file=write_rows_file(report, ti))
         self.check_threshold(report, result, ti)
         if report.unavailable and not options.dry_run:
             if ti is not None:

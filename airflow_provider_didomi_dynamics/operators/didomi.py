@@ -21,6 +21,7 @@ from airflow_provider_didomi_dynamics.operators.fail_fast import fails_fast
 from airflow_provider_didomi_dynamics.sync.pull_consents import pull_consents
 from airflow_provider_didomi_dynamics.sync.push_consents import ConsentPushOptions, push_consents
 from airflow_provider_didomi_dynamics.sync.retry_queue import RetryQueue, hand_over
+from airflow_provider_didomi_dynamics.sync.rows_file import write_rows_file
 from airflow_provider_didomi_dynamics.transport.retry import RetryPolicy
 
 __all__ = ["DidomiPullConsentsOperator", "DidomiPushConsentsOperator"]
@@ -174,7 +175,7 @@ class DidomiPushConsentsOperator(BaseOperator):
             hook.close()
         if ti is not None and not options.dry_run:
             hand_over(ti, queue, report.retry_rows)
-        result = report.as_dict()
+        result = report.as_dict(rows_file=write_rows_file(report, ti))
         self.check_threshold(report, result, ti)
         return result
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow_provider_didomi_dynamics.core.coerce import json_value
+from airflow_provider_didomi_dynamics.core.report import LISTED_ROWS
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,9 @@ def forget_retry_queues() -> int:
 
 
 def hand_over(ti: Any, queue: RetryQueue | None, rows: Sequence[dict[str, Any]]) -> None:
-    """The rows a run could not write: XCom ``failed_rows`` for people to read, the queue for the next run."""
+    """The rows a run could not write: the queue for the next run (all of them), XCom ``failed_rows`` for people to
+    read (the first ``LISTED_ROWS``: XCom stays small; the report's rows file lists every failed row)."""
     plain = plain_rows(rows)
-    ti.xcom_push(key=FAILED_ROWS_XCOM_KEY, value=plain)
+    ti.xcom_push(key=FAILED_ROWS_XCOM_KEY, value=plain[:LISTED_ROWS])
     if queue is not None:
         queue.replace(plain)

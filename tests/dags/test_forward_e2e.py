@@ -21,6 +21,7 @@ from dag_e2e_support import (
     nonzero,
     parse_z,
     push_report,
+    rows_of,
 )
 
 from airflow_provider_didomi_dynamics.local.testing import load_dag, run_dag
@@ -118,8 +119,10 @@ def test_upsert_off_then_on_contacts_match_didomi_field_by_field(sync: Sync) -> 
             "skipped": len(without_contact),
         }
     )
-    assert sorted(r["key"] for r in report["skipped"]) == without_contact
-    for row in report["skipped"]:
+    assert sorted(r["key"] for r in rows_of(report, "skipped")) == without_contact
+    [reason] = report["skipped_by_reason"]  # what a person reads first: one reason, its count, a few keys
+    assert reason["reason"] == "no contact with emailaddress1=<key>" and reason["rows"] == len(without_contact)
+    for row in rows_of(report, "skipped"):
         assert row["reason"] == f"no contact with emailaddress1={row['key']}"
 
     after = sync.contacts()

@@ -20,6 +20,7 @@ from dag_e2e_support import (
     iso_z,
     mapped,
     push_report,
+    rows_of,
 )
 
 EVENTS_PATH = "/v1/consents/events"
@@ -43,8 +44,8 @@ def test_dataverse_outage_during_the_push_fails_the_task(sync: Sync, fast_http_r
     assert_accounted(report, len(users))
     missing = set(users) - set(before)
     assert report["counts"]["failed"] == len(missing)
-    assert {row["key"] for row in report["failed"]} == missing
-    assert all("Service Unavailable" in row["reason"] for row in report["failed"])
+    assert {row["key"] for row in rows_of(report, "failed")} == missing
+    assert all("Service Unavailable" in row["reason"] for row in rows_of(report, "failed"))
     assert sorted(sync.contacts()) == sorted(before), "no contact may be created while Dataverse is down"
     # A sync whose writes failed on a server outage must not look green: the task fails (and Airflow retries it).
     assert result.task_states["push_contacts"] == "failed", "push_contacts succeeded although Dataverse was down"
@@ -100,8 +101,8 @@ def test_rows_dataverse_rejects_fail_with_its_message_and_the_next_run_retries_t
 
     report = push_report(first, "push_contacts")
     assert_accounted(report, len(users))
-    assert {row["key"] for row in report["failed"]} == rejected
-    for row in report["failed"]:
+    assert {row["key"] for row in rows_of(report, "failed")} == rejected
+    for row in rows_of(report, "failed"):
         assert "A validation error occurred. The value 'store' of 'new_consentsource'" in row["reason"], row
     after = sync.contacts()
     for key in rejected:
@@ -201,7 +202,7 @@ def test_a_row_rejected_run_after_run_is_written_once_dataverse_accepts_it(sync:
     failing = [sync.forward(logical_date=when, full_sync=True) for when in (first, second)]
 
     for result in failing:
-        assert {row["key"] for row in push_report(result, "push_contacts")["failed"]} == rejected
+        assert {row["key"] for row in rows_of(push_report(result, "push_contacts"), "failed")} == rejected
     sync.dataverse.clear_validation_failures()
 
     last = sync.forward(logical_date=third, full_sync=True)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from airflow_provider_didomi_dynamics.cli.commands import (
     cmd_airflow,
     cmd_demo,
+    cmd_edit_contacts,
     cmd_emulate,
     cmd_preflight,
     cmd_validate_config,
@@ -39,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     emulate.add_argument("--latency-ms", type=float, default=0.0, help="fixed latency added to every request")
     emulate.add_argument("--seed", choices=["demo", "empty"], default="empty", help="initial data")
     emulate.set_defaults(func=cmd_emulate)
+
+    edit = commands.add_parser(
+        "edit-contacts", help="play a person: change N contacts in the running Dataverse emulator (for the reverse DAG)"
+    )
+    edit.add_argument("count", type=int, nargs="?", default=3, help="how many contacts to change (default 3)")
+    edit.add_argument(
+        "--state-dir", default=".airflow-local/emulators", help="the emulators' state dir (holds endpoints.json)"
+    )
+    edit.set_defaults(func=cmd_edit_contacts)
 
     demo = commands.add_parser("demo", help="run both DAGs end to end against the emulators and print the outcome")
     demo.add_argument("--workdir", default=".demo", help="where the demo keeps its Airflow home and emulator files")

@@ -54,3 +54,27 @@ def cmd_airflow(args: argparse.Namespace) -> int:
     from airflow_provider_didomi_dynamics.local.standalone import main as airflow_main
 
     return airflow_main(Path(args.workdir), port=args.port, verbose=args.verbose)
+
+
+def cmd_edit_contacts(args: argparse.Namespace) -> int:
+    """Play the person: change N contacts in the running Dataverse emulator, as its 'editor' user, and say what next."""
+    import json
+
+    from airflow_provider_didomi_dynamics.local.demo import edit_contacts_as_a_person, print_table
+
+    endpoints_file = Path(args.state_dir) / "endpoints.json"
+    if not endpoints_file.is_file():
+        print(
+            f"didomi-dynamics edit-contacts: no {endpoints_file}; start the emulators first (`make airflow`, or "
+            "`didomi-dynamics emulate --state-dir DIR`) and pass the same --state-dir",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    changed = edit_contacts_as_a_person(json.loads(endpoints_file.read_text()), args.count)
+    print_table(
+        f"{len(changed)} contact(s) edited in Dynamics by a person (the emulator's editor user)",
+        changed,
+        ["contact", "donotbulkemail"],
+    )
+    print("Next: trigger dynamics_to_didomi (no params): the run covers up to now and sends these changes to Didomi.")
+    return EXIT_OK

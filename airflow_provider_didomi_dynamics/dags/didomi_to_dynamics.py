@@ -47,7 +47,9 @@ def build_dag() -> DAG:
         params={
             **settings.sync_params(),
             "organization_user_ids": Param(
-                [], type="array", description="Re-sync only these Didomi organization_user_ids (targeted re-sync)."
+                [],
+                type=["array", "null"],
+                description="Re-sync only these Didomi organization_user_ids (targeted re-sync), e.g. ann@example.com.",
             ),
         },
         render_template_as_native_obj=True,

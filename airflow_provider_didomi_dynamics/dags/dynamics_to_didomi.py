@@ -47,11 +47,21 @@ def build_dag() -> DAG:
         default_args=settings.default_args(),
         params={
             **settings.sync_params(),
-            "contact_ids": Param([], type="array", description="Sync only these Dataverse contact ids."),
+            "contact_ids": Param(
+                [],
+                type=["array", "null"],
+                description="Sync only these Dataverse contact ids (GUIDs), e.g. 0f5d8a52-8f4e-4c1e-9a0c-6b1d2f7e3a90.",
+            ),
             "remote_execution_context": Param(
                 None,
                 type=["null", "object", "array"],
                 description="A RemoteExecutionContext delivered by the Dynamics webhook: sync just its contact.",
+                description_md=(
+                    "A **RemoteExecutionContext** as the Dynamics webhook delivers it: the run syncs just its "
+                    "contact. Only two fields are read, e.g. "
+                    '`{"PrimaryEntityName": "contact", "PrimaryEntityId": "0f5d8a52-8f4e-4c1e-9a0c-6b1d2f7e3a90"}`; '
+                    "a list of them works too. Leave empty for a windowed run."
+                ),
             ),
         },
         render_template_as_native_obj=True,

@@ -40,13 +40,18 @@ def default_args() -> dict[str, Any]:
 def sync_params() -> dict[str, Param]:
     """Params a person sets when triggering a run from the UI."""
     return {
-        "full_sync": Param(False, type="boolean", description="Sync everything, ignoring the time window."),
+        # "null" in each type: the trigger form marks a typed param without it as required (a red star), although
+        # every one has a default.
+        "full_sync": Param(False, type=["boolean", "null"], description="Sync everything, ignoring the time window."),
         "since": Param(
             None,
             type=["null", "string"],
             format="date-time",
-            description="Window start (UTC, inclusive). Empty: the data interval, else the previous success.",
+            description="Window start (UTC, inclusive). Empty: a scheduled run takes its data interval; a manual run "
+            "starts where the previous successful run ended (else the last 24 h) and goes up to now.",
         ),
         "until": Param(None, type=["null", "string"], format="date-time", description="Window end (UTC, exclusive)."),
-        "dry_run": Param(False, type="boolean", description="Plan only: count and sample the changes, write nothing."),
+        "dry_run": Param(
+            False, type=["boolean", "null"], description="Plan only: count and sample the changes, write nothing."
+        ),
     }

@@ -41,12 +41,14 @@ def report_row(name: str, report: dict[str, Any], seconds: float) -> dict[str, A
     return row
 
 
-def edit_contacts_as_a_person(running: RunningEmulators, count: int) -> list[dict[str, Any]]:
-    """Change consent columns of some contacts through the Web API, as the 'editor' application user."""
+def edit_contacts_as_a_person(endpoints: dict[str, Any], count: int) -> list[dict[str, Any]]:
+    """Change consent columns of some contacts through the Web API, as the emulator's 'editor' application user.
+
+    The reverse DAG then sees a person's change: modified by someone other than the sync's own application user.
+    """
     from airflow_provider_didomi_dynamics.core.config import Authentication, Secret
     from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 
-    endpoints = running.endpoints
     editor = DataverseHook.from_config(
         Authentication(
             client_id=endpoints["editor_client_id"],
@@ -118,7 +120,7 @@ def main(workdir: Path = Path(".demo"), users: int = 5000, quiet_airflow: bool =
         config["upsert_mode"] = True
         set_config_variable(config)
         run("2. Didomi -> Dynamics, upsert_mode=true", forward, "push_contacts", {"full_sync": True})
-        edits = edit_contacts_as_a_person(running, EDITED_CONTACTS)
+        edits = edit_contacts_as_a_person(running.endpoints, EDITED_CONTACTS)
         run("3. Dynamics -> Didomi", reverse, "push_consents", {"full_sync": True})
         run("4. Didomi -> Dynamics again", forward, "push_contacts", {"full_sync": True})
         run("5. Dynamics -> Didomi again", reverse, "push_consents", {"full_sync": True})

@@ -318,6 +318,7 @@ def print_banner(port: int, home: Path, endpoints: dict[str, Any], log_path: Pat
         "",
         "Admin > Connections: didomi_default and dataverse_default (open one, press Test)",
         "DAGs: didomi_to_dynamics, dynamics_to_didomi (paused; trigger them from the UI)",
+        f"a person's edit: didomi-dynamics edit-contacts 3 --state-dir {home.parent / 'emulators'}",
         f"emulators:   Dataverse {endpoints['dataverse_url']}   Didomi {endpoints['didomi_url']}",
         f"AIRFLOW_HOME {home}",
     ]

@@ -52,7 +52,10 @@ def pull_consents(
             "until": until.isoformat() if until else None,
             "why": window.source,
         }
-        log.info("pulling Didomi users with updated_at in %s", window.describe())
+        if window.is_full:
+            log.info("pulling every Didomi user (%s)", window.source)
+        else:
+            log.info("pulling Didomi users with updated_at in %s", window.describe())
         for page in hook.iter_users(page_size):
             stats["pages"] += 1
             stats["scanned"] += len(page)

@@ -59,3 +59,19 @@ def test_sync_dag_conventions(bag: Any, dag_id: str) -> None:
         assert dag.get_task(task_id).pool == pool, task_id
     assert dag.get_task(next(iter(PULL_AND_PUSH[dag_id]))).inlets, "lineage: the pull names its Asset"
     assert dag.get_task(list(PULL_AND_PUSH[dag_id])[-1]).outlets, "lineage: the push names its Asset"
+
+
+@pytest.mark.parametrize("dag_id", [FORWARD, REVERSE])
+def test_no_param_shows_as_required_in_the_trigger_form(bag: Any, dag_id: str) -> None:
+    """Airflow's trigger form stars a typed param whose type does not allow null, and refuses an empty one: every
+    param here has a default, so none may be starred."""
+    dag = bag.get_dag(dag_id)
+    for name in PARAMS[dag_id]:
+        schema = dag.params.get_param(name).schema
+        types = schema["type"] if isinstance(schema.get("type"), list) else [schema.get("type")]
+        assert "null" in types, f"{dag_id}.params.{name} would show a required star: type {schema.get('type')}"
+
+
+def test_the_webhook_payload_param_shows_an_example(bag: Any) -> None:
+    described = bag.get_dag(REVERSE).params.get_param("remote_execution_context").schema["description_md"]
+    assert '{"PrimaryEntityName": "contact", "PrimaryEntityId": "0f5d8a52-' in described

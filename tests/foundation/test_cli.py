@@ -53,3 +53,24 @@ def test_the_cli_does_not_import_airflow_before_a_command_sets_its_home() -> Non
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_edit_contacts_plays_a_person_against_the_running_emulators(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """[operator-experience] item 3: what `make airflow`'s banner offers, so the reverse DAG has a change to send."""
+    from airflow_provider_didomi_dynamics.emulators.runner import RunningEmulators
+
+    with RunningEmulators(tmp_path / "emulators", seed="demo", demo_users=50) as running:
+        model = running.dataverse.model
+        before = {row["contactid"]: row["donotbulkemail"] for row in model.contacts_rows()}
+
+        assert main(["edit-contacts", "2", "--state-dir", str(tmp_path / "emulators")]) == 0
+
+        after = {row["contactid"]: row for row in model.contacts_rows()}
+        changed = [cid for cid, row in after.items() if row["donotbulkemail"] != before[cid]]
+        assert len(changed) == 2
+        editor = model.editor.user.systemuserid
+        assert all(after[cid]["_modifiedby_value"] == editor for cid in changed)
+    out = capsys.readouterr().out
+    assert "2 contact(s) edited in Dynamics by a person" in out and "trigger dynamics_to_didomi" in out
+    assert main(["edit-contacts", "1", "--state-dir", str(tmp_path / "nowhere")]) == 2
+    assert "start the emulators first" in capsys.readouterr().err

@@ -130,6 +130,8 @@ class DataversePushContactsOperator(BaseOperator):
         if ti is not None and not options.dry_run:
             hand_over(ti, queue, report.retry_rows)
         result = report.as_dict(rows_file=write_rows_file(report, ti))
+        if ti is not None:  # the XCom list shows a string as it is: the one line a person reads first
+            ti.xcom_push(key="summary", value=result["summary"])
         self.check_threshold(report, result, ti)
         if report.unavailable and not options.dry_run:
             if ti is not None:

@@ -294,6 +294,7 @@ def test_a_config_without_authentication_runs_on_the_connection_alone(sync: Sync
     assert "authentication" not in sync.config
     report = push_report(result, "push_contacts")
     assert report["total"] == len(sync.users()) and "failed" not in counts(report)
+    assert result.value("push_contacts", "summary") == report["summary"]  # what the XCom list shows unexpanded
     assert set(sync.contacts()) == set(sync.users())  # upsert_mode: every user is a contact now
     checks = {check["name"]: check for check in result.value("preflight")["checks"]}
     assert "credentials: Airflow connection 'dataverse_default'" in checks["Dataverse connection"]["message"]

@@ -140,14 +140,14 @@ def plan_consents(
                 )
                 continue
             planned.add(key)
-            row = current.get(key)
-            if row is None:
+            held = current.get(key)
+            if held is None:
                 plan.creates.append(PlannedConsent(label, _create_body(address, target, value, reason), value, key))
-            elif row.get("msdynmkt_value") == value:
+            elif held.get("msdynmkt_value") == value:
                 plan.unchanged.append(label)
             else:
                 body = {
-                    "msdynmkt_contactpointconsent4id": row["msdynmkt_contactpointconsent4id"],
+                    "msdynmkt_contactpointconsent4id": held["msdynmkt_contactpointconsent4id"],
                     "msdynmkt_value": value,
                     "msdynmkt_reason": reason,
                 }

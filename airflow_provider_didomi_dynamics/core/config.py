@@ -666,8 +666,8 @@ class _Parser:
         elif ref.kind is FieldKind.VENDOR_ENABLED:
             why = f"{column} is vendor consent, which has no Contact Point Consent row; use target contact"
         else:
-            why = f"{column} is not a consent, so it has no Contact Point Consent row; use target contact"
-        self.problem(path, f"{why} (with target contact_point_consent a value is {_CPC_VALUE_SHAPES})")
+            why = f"{column} is not a consent flag, so no Contact Point Consent row can hold it; use target contact"
+        self.problem(path, f"{why}; a consent mapping's value is {_CPC_VALUE_SHAPES}")
         return None
 
     def check_consent_duplicates(self, mappings: list[ConsentMapping]) -> None:

@@ -460,6 +460,7 @@ class _Parser:
                         f"properties.{key}",
                         'applies only with "target": "contact_point_consent"; set properties.target or remove it',
                     )
+            return target, point_type, tuple(attributes.items())
         if "contact_point_type" in raw:
             parsed = self.parse_point_type("properties.contact_point_type", raw["contact_point_type"])
             point_type = parsed or point_type

@@ -2,6 +2,10 @@
 
 Every problem is reported at once with its JSON path (``mappings[2].value: ...``) so a person fixes a config in
 one edit, and the client secret never reaches a repr, a log line or an error message.
+
+``properties.target`` picks what the mappings write: contact attributes (``contact``, the seed's Legacy
+integration, the default) or Customer Insights - Journeys' Contact Point Consent rows (``contact_point_consent``,
+Didomi's Current integration), where a mapping's ``id`` names a Purpose or Topic record instead of an attribute.
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ DEFAULT_CONTACT_KEY_ATTRIBUTE = "emailaddress1"
 VARIABLE_KEY = "didomi_dynamics_config"
 _LOGICAL_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 _SYSTEM_ATTRIBUTES = {"contactid", "createdon", "modifiedon", "versionnumber", "_createdby_value", "_modifiedby_value"}
+_GUID = re.compile(r"^\{?([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\}?$")
+# Keys of ``properties`` that only mean something with target contact_point_consent.
+_CPC_PROPERTIES = ("contact_point_type", "contact_point_attributes")
+_CPC_VALUE_SHAPES = (
+    "consents_purposes_<purpose>_enabled (a Purpose), "
+    "consents_purposes_<purpose>_values_<preference>_<value>_enabled (a Topic) "
+    "or consents_channels_<channel>_enabled (a Purpose on that mapping's contact point)"
+)
 
 
 class Secret:
@@ -71,6 +83,36 @@ class NullValues(str, Enum):
     CLEAR = "clear"
 
 
+class Target(str, Enum):
+    """What the mappings write in Dataverse: contact attributes, or Contact Point Consent rows."""
+
+    CONTACT = "contact"
+    CONTACT_POINT_CONSENT = "contact_point_consent"
+
+
+class ContactPointType(str, Enum):
+    """The kind of contact point a consent row belongs to (``msdynmkt_contactpointtype``; Custom is not offered)."""
+
+    EMAIL = "email"
+    TEXT = "text"
+    VOICE = "voice"
+
+
+class ConsentKind(str, Enum):
+    """Which Customer Insights - Journeys record a consent mapping targets."""
+
+    PURPOSE = "purpose"  # msdynmkt_purpose
+    TOPIC = "topic"  # msdynmkt_topic
+
+
+# The contact attribute that holds each contact point's value unless properties.contact_point_attributes says otherwise.
+DEFAULT_CONTACT_POINT_ATTRIBUTES: MappingABC[ContactPointType, str] = {
+    ContactPointType.EMAIL: "emailaddress1",
+    ContactPointType.TEXT: "mobilephone",
+    ContactPointType.VOICE: "mobilephone",
+}
+
+
 @dataclass(frozen=True)
 class Authentication:
     """Dataverse credentials from the seed's ``authentication`` block."""
@@ -105,8 +147,57 @@ class FieldMapping:
 
 
 @dataclass(frozen=True)
+class ConsentRecordRef:
+    """A Purpose or Topic record as a mapping's ``id`` names it: by ``msdynmkt_name`` or by its GUID (lowercase)."""
+
+    name: str | None = None
+    guid: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How messages quote the record: ``"Marketing"`` or the GUID."""
+        return json.dumps(self.name, ensure_ascii=False) if self.name is not None else str(self.guid)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Identity for duplicate checks: names compare case-insensitively, as Dataverse compares text."""
+        return ("guid", str(self.guid)) if self.guid is not None else ("name", str(self.name).casefold())
+
+
+@dataclass(frozen=True)
+class ConsentMapping:
+    """One mapping of target contact_point_consent: a Didomi consent flag paired with a Purpose or Topic record.
+
+    Each contact gets one consent row per mapping on the contact point of ``contact_point_type``. A topic row also
+    carries its purpose: ``purpose_record`` is the record of the topic's Didomi purpose mapping on the same contact
+    point type (for a purpose mapping it is ``record`` itself).
+    """
+
+    path: str  # the mapping's JSON path, e.g. "mappings[2]", for preflight and run messages
+    record: ConsentRecordRef
+    kind: ConsentKind
+    value: str
+    field: FieldRef
+    contact_point_type: ContactPointType
+    purpose_record: ConsentRecordRef
+    direction: Direction = Direction.BOTH
+
+    @property
+    def topic_record(self) -> ConsentRecordRef | None:
+        return self.record if self.kind is ConsentKind.TOPIC else None
+
+    @property
+    def purpose(self) -> str | None:
+        """The Didomi purpose id (None for a channel mapping)."""
+        return self.field.purpose
+
+
+@dataclass(frozen=True)
 class IntegrationConfig:
-    """The validated seed config plus the optional extensions documented in the README."""
+    """The validated seed config plus the optional extensions documented in the README.
+
+    With target contact_point_consent, ``mappings`` is empty and ``consent_mappings`` holds the mappings.
+    """
 
     mappings: tuple[FieldMapping, ...]
     # Optional: an Airflow connection (or secrets backend) is the better home for a client secret.
@@ -116,6 +207,28 @@ class IntegrationConfig:
     null_values: NullValues = NullValues.SKIP
     properties: MappingABC[str, Any] = dc_field(default_factory=dict)
     type_id: str = TYPE_ID
+    target: Target = Target.CONTACT
+    consent_mappings: tuple[ConsentMapping, ...] = ()
+    contact_point_type: ContactPointType = ContactPointType.EMAIL
+    # Every contact point type with its contact attribute (the defaults overlaid by the config's).
+    contact_point_attributes: tuple[tuple[ContactPointType, str], ...] = tuple(DEFAULT_CONTACT_POINT_ATTRIBUTES.items())
+
+    def contact_point_attribute(self, contact_point_type: ContactPointType | str) -> str:
+        """The contact attribute holding the value (address, number) of a contact point of that type."""
+        return dict(self.contact_point_attributes)[ContactPointType(contact_point_type)]
+
+    @property
+    def contact_point_types(self) -> tuple[ContactPointType, ...]:
+        """The contact point types the consent mappings use, in mapping order, without repeats."""
+        return tuple(dict.fromkeys(m.contact_point_type for m in self.consent_mappings))
+
+    @property
+    def forward_consent_mappings(self) -> tuple[ConsentMapping, ...]:
+        return tuple(m for m in self.consent_mappings if m.direction.forward)
+
+    @property
+    def reverse_consent_mappings(self) -> tuple[ConsentMapping, ...]:
+        return tuple(m for m in self.consent_mappings if m.direction.reverse)
 
     @property
     def forward_mappings(self) -> tuple[FieldMapping, ...]:
@@ -131,9 +244,24 @@ class IntegrationConfig:
         return tuple(dict.fromkeys(m.attribute for m in self.mappings))
 
     def summary(self) -> str:
+        if self.target is Target.CONTACT_POINT_CONSENT:
+            return self._consent_summary()
         return (
             f"valid {self.type_id} config: {len(self.mappings)} mapping(s) "
             f"({len(self.forward_mappings)} to Dynamics, {len(self.reverse_mappings)} to Didomi), "
+            f"key {self.contact_key_attribute} <- organization_user_id, upsert_mode={str(self.upsert_mode).lower()}, "
+            f"null_values={self.null_values.value}, {self.credentials_summary()}"
+        )
+
+    def _consent_summary(self) -> str:
+        purposes = sum(1 for m in self.consent_mappings if m.kind is ConsentKind.PURPOSE)
+        topics = len(self.consent_mappings) - purposes
+        points = ", ".join(f"{t.value} ({self.contact_point_attribute(t)})" for t in self.contact_point_types)
+        return (
+            f"valid {self.type_id} config, target {self.target.value}: "
+            f"{len(self.consent_mappings)} consent mapping(s) ({purposes} purpose(s), {topics} topic(s); "
+            f"{len(self.forward_consent_mappings)} to Dynamics, {len(self.reverse_consent_mappings)} to Didomi), "
+            f"contact point {points}, "
             f"key {self.contact_key_attribute} <- organization_user_id, upsert_mode={str(self.upsert_mode).lower()}, "
             f"null_values={self.null_values.value}, {self.credentials_summary()}"
         )
@@ -223,11 +351,19 @@ class _Parser:
         authentication = self.parse_authentication(raw.get("authentication"))
         properties = raw.get("properties", {})
         key_attribute, null_values = self.parse_properties(properties)
+        target, point_type, point_attributes = self.parse_target(properties)
         upsert_mode = raw.get("upsert_mode", False)
         if not isinstance(upsert_mode, bool):
             self.problem("upsert_mode", f"must be true or false, got {json.dumps(upsert_mode)}")
             upsert_mode = False
-        mappings = self.parse_mappings(raw.get("mappings"), key_attribute)
+        mappings: list[FieldMapping] = []
+        consent_mappings: list[ConsentMapping] = []
+        if target is Target.CONTACT:
+            mappings = self.parse_mappings(raw.get("mappings"), key_attribute)
+        elif target is Target.CONTACT_POINT_CONSENT:
+            consent_mappings = self.parse_consent_mappings(raw.get("mappings"), point_type)
+        else:  # the rules depend on the target: only the list's shape can be checked
+            self.check_mapping_list(raw.get("mappings"))
         if self.problems:
             raise ConfigError(self.problems, self.source)
         return IntegrationConfig(
@@ -238,6 +374,10 @@ class _Parser:
             null_values=null_values,
             properties=dict(properties) if isinstance(properties, MappingABC) else {},
             type_id=TYPE_ID,
+            target=target or Target.CONTACT,
+            consent_mappings=tuple(consent_mappings),
+            contact_point_type=point_type,
+            contact_point_attributes=point_attributes,
         )
 
     def parse_authentication(self, raw: Any) -> Authentication | None:
@@ -294,15 +434,87 @@ class _Parser:
                 self.problem("properties.null_values", f"must be 'skip' or 'clear', got {json.dumps(value)}")
         return key_attribute, null_values
 
-    def parse_mappings(self, raw: Any, key_attribute: str) -> list[FieldMapping]:
+    def parse_target(
+        self, raw: Any
+    ) -> tuple[Target | None, ContactPointType, tuple[tuple[ContactPointType, str], ...]]:
+        """``properties.target`` and the Contact Point Consent options; None when the target is unknown."""
+        attributes = dict(DEFAULT_CONTACT_POINT_ATTRIBUTES)
+        point_type = ContactPointType.EMAIL
+        if not isinstance(raw, MappingABC):
+            return Target.CONTACT, point_type, tuple(attributes.items())
+        target: Target | None = Target.CONTACT
+        if "target" in raw:
+            try:
+                target = Target(raw["target"])
+            except ValueError:
+                self.problem(
+                    "properties.target",
+                    f"must be 'contact' (contact attributes, the default) or 'contact_point_consent' "
+                    f"(Customer Insights - Journeys consent rows), got {json.dumps(raw['target'], ensure_ascii=False)}",
+                )
+                target = None
+        if target is Target.CONTACT:
+            for key in _CPC_PROPERTIES:
+                if key in raw:
+                    self.problem(
+                        f"properties.{key}",
+                        'applies only with "target": "contact_point_consent"; set properties.target or remove it',
+                    )
+            return target, point_type, tuple(attributes.items())
+        if "contact_point_type" in raw:
+            parsed = self.parse_point_type("properties.contact_point_type", raw["contact_point_type"])
+            point_type = parsed or point_type
+        if "contact_point_attributes" in raw:
+            self.parse_point_attributes(raw["contact_point_attributes"], attributes)
+        return target, point_type, tuple(attributes.items())
+
+    def parse_point_type(self, path: str, raw: Any) -> ContactPointType | None:
+        try:
+            return ContactPointType(raw)
+        except ValueError:
+            self.problem(path, f"must be 'email', 'text' or 'voice', got {json.dumps(raw, ensure_ascii=False)}")
+            return None
+
+    def parse_point_attributes(self, raw: Any, attributes: dict[ContactPointType, str]) -> None:
+        path = "properties.contact_point_attributes"
+        if not isinstance(raw, MappingABC):
+            self.problem(
+                path,
+                f'must be an object of contact point type -> contact attribute (e.g. {{"text": "telephone1"}}), '
+                f"got {_type_name(raw)}",
+            )
+            return
+        for key, value in raw.items():
+            if key not in {t.value for t in ContactPointType}:
+                self.problem(f"{path}.{key}", "unknown contact point type; expected email, text or voice")
+                continue
+            point_type = ContactPointType(key)
+            if not isinstance(value, str) or not _LOGICAL_NAME.match(value):
+                self.problem(
+                    f"{path}.{key}",
+                    f"{json.dumps(value, ensure_ascii=False)} is not a Dataverse contact attribute logical name "
+                    "(lowercase letters, digits and _, e.g. emailaddress2 or telephone1)",
+                )
+            elif value in _SYSTEM_ATTRIBUTES:
+                self.problem(f"{path}.{key}", f"{value} is set by Dataverse; pick the column holding the {key} value")
+            else:
+                attributes[point_type] = value
+
+    def check_mapping_list(self, raw: Any) -> bool:
+        """The shape every target shares: a non-empty list."""
         if raw is None:
             self.problem("mappings", "is required: a list of {id, value}")
-            return []
+            return False
         if not isinstance(raw, list):
             self.problem("mappings", f"must be a list of {{id, value}}, got {_type_name(raw)}")
-            return []
+            return False
         if not raw:
             self.problem("mappings", "is empty; add at least one {id, value} mapping")
+        return True
+
+    def parse_mappings(self, raw: Any, key_attribute: str) -> list[FieldMapping]:
+        if not self.check_mapping_list(raw):
+            return []
         mappings: list[tuple[int, FieldMapping]] = []
         for index, item in enumerate(raw):
             mapping = self.parse_mapping(f"mappings[{index}]", item, key_attribute)
@@ -345,16 +557,10 @@ class _Parser:
         except GrammarError as err:
             self.problem(f"{path}.value", str(err))
             ok = False
-        direction = Direction.BOTH
-        if "direction" in raw:
-            try:
-                direction = Direction(raw["direction"])
-            except ValueError:
-                self.problem(
-                    f"{path}.direction",
-                    f"must be 'both', 'to_dynamics' or 'to_didomi', got {json.dumps(raw['direction'])}",
-                )
-                ok = False
+        direction = self.parse_direction(path, raw)
+        if direction is None:
+            ok = False
+            direction = Direction.BOTH
         transform = self.parse_transform(f"{path}.transform", raw.get("transform"), field_ref)
         if transform is None:
             ok = False
@@ -365,6 +571,165 @@ class _Parser:
         return FieldMapping(
             attribute=str(attribute), value=str(value), field=field_ref, direction=direction, transform=transform
         )
+
+    def parse_direction(self, path: str, raw: MappingABC[str, Any]) -> Direction | None:
+        if "direction" not in raw:
+            return Direction.BOTH
+        try:
+            return Direction(raw["direction"])
+        except ValueError:
+            self.problem(
+                f"{path}.direction",
+                f"must be 'both', 'to_dynamics' or 'to_didomi', got {json.dumps(raw['direction'])}",
+            )
+            return None
+
+    def parse_consent_mappings(self, raw: Any, default_type: ContactPointType) -> list[ConsentMapping]:
+        if not self.check_mapping_list(raw):
+            return []
+        parsed: list[ConsentMapping] = []
+        for index, item in enumerate(raw):
+            mapping = self.parse_consent_mapping(f"mappings[{index}]", item, default_type)
+            if mapping is not None:
+                parsed.append(mapping)
+        self.check_consent_duplicates(parsed)
+        return self.link_topics(parsed, default_type)
+
+    def parse_consent_mapping(self, path: str, raw: Any, default_type: ContactPointType) -> ConsentMapping | None:
+        if not isinstance(raw, MappingABC):
+            self.problem(path, f"must be an object {{id, value}}, got {_type_name(raw)}")
+            return None
+        for key in raw:
+            if key not in ("id", "value", "direction", "contact_point", "transform"):
+                self.problem(f"{path}.{key}", "unknown property; expected id, value, direction or contact_point")
+        record = self.parse_record(f"{path}.id", raw.get("id"))
+        field_ref = self.parse_consent_value(f"{path}.value", raw.get("value"))
+        direction = self.parse_direction(path, raw)
+        point_type: ContactPointType | None = default_type
+        if "contact_point" in raw:
+            point_type = self.parse_point_type(f"{path}.contact_point", raw["contact_point"])
+        ok = True
+        if "transform" in raw:
+            self.problem(
+                f"{path}.transform",
+                "a Contact Point Consent row is written as Didomi says (true -> OptedIn, false -> OptedOut), "
+                f"so {json.dumps(raw['transform'], ensure_ascii=False)} cannot apply; remove transform",
+            )
+            ok = False
+        if not ok or record is None or field_ref is None or direction is None or point_type is None:
+            return None
+        kind = ConsentKind.TOPIC if field_ref.kind is FieldKind.PREFERENCE_VALUE_ENABLED else ConsentKind.PURPOSE
+        return ConsentMapping(
+            path=path,
+            record=record,
+            kind=kind,
+            value=field_ref.column,
+            field=field_ref,
+            contact_point_type=point_type,
+            purpose_record=record,
+            direction=direction,
+        )
+
+    def parse_record(self, path: str, raw: Any) -> ConsentRecordRef | None:
+        if not isinstance(raw, str) or not raw.strip():
+            self.problem(
+                path,
+                f'must name the Purpose or Topic record: its name (msdynmkt_name, e.g. "Newsletter") '
+                f"or its GUID, got {_type_name(raw)}",
+            )
+            return None
+        if match := _GUID.match(raw.strip()):
+            return ConsentRecordRef(guid=match.group(1).lower())
+        if any(ord(c) < 32 for c in raw):
+            self.problem(path, f"{json.dumps(raw, ensure_ascii=False)} has a control character; copy the name again")
+            return None
+        return ConsentRecordRef(name=raw)
+
+    def parse_consent_value(self, path: str, raw: Any) -> FieldRef | None:
+        try:
+            ref = parse_column(raw)
+        except GrammarError as err:
+            self.problem(path, str(err))
+            return None
+        column = json.dumps(raw, ensure_ascii=False)
+        if ref.kind in (FieldKind.PURPOSE_ENABLED, FieldKind.PREFERENCE_VALUE_ENABLED, FieldKind.CHANNEL_ENABLED):
+            return ref
+        if ref.kind is FieldKind.PREFERENCE_VALUES:
+            why = (
+                f"{column} is a whole value list, and a consent row holds one answer; map each value as "
+                f"consents_purposes_{ref.purpose}_values_{ref.preference}_<value>_enabled to its Topic"
+            )
+        elif ref.kind is FieldKind.PURPOSE_ENABLED_LI:
+            why = (
+                f"{column} is legitimate interest, not consent; map consents_purposes_{ref.purpose}_enabled, "
+                "or use target contact"
+            )
+        elif ref.kind is FieldKind.VENDOR_ENABLED:
+            why = f"{column} is vendor consent, which has no Contact Point Consent row; use target contact"
+        else:
+            why = f"{column} is not a consent flag, so no Contact Point Consent row can hold it; use target contact"
+        self.problem(path, f"{why}; a consent mapping's value is {_CPC_VALUE_SHAPES}")
+        return None
+
+    def check_consent_duplicates(self, mappings: list[ConsentMapping]) -> None:
+        rows: dict[tuple[ConsentKind, tuple[str, str], ContactPointType], str] = {}
+        reverse: dict[str, str] = {}
+        for mapping in mappings:
+            row = (mapping.kind, mapping.record.key, mapping.contact_point_type)
+            if row in rows:
+                self.problem(
+                    f"{mapping.path}.id",
+                    f"{mapping.kind.value.capitalize()} {mapping.record.label} on contact point "
+                    f"{mapping.contact_point_type.value} is already mapped by {rows[row]}; one consent row takes "
+                    'one Didomi field (remove one, or set "contact_point" to another type)',
+                )
+            else:
+                rows[row] = mapping.path
+            if mapping.direction.reverse:
+                if mapping.value in reverse:
+                    self.problem(
+                        f"{mapping.path}.value",
+                        f"{mapping.value} is already written back by {reverse[mapping.value]}; two consent rows "
+                        'would fight over one consent (set "direction": "to_dynamics" on one of them)',
+                    )
+                else:
+                    reverse[mapping.value] = mapping.path
+
+    def link_topics(self, mappings: list[ConsentMapping], default_type: ContactPointType) -> list[ConsentMapping]:
+        """Give each topic mapping the Purpose record of its Didomi purpose's mapping on the same contact point."""
+        purposes: dict[tuple[str, ContactPointType], list[ConsentMapping]] = {}
+        for mapping in mappings:
+            if mapping.kind is ConsentKind.PURPOSE and mapping.field.kind is FieldKind.PURPOSE_ENABLED:
+                purposes.setdefault((str(mapping.field.purpose), mapping.contact_point_type), []).append(mapping)
+        linked: list[ConsentMapping] = []
+        for mapping in mappings:
+            if mapping.kind is not ConsentKind.TOPIC:
+                linked.append(mapping)
+                continue
+            purpose, point = str(mapping.field.purpose), mapping.contact_point_type
+            parents = purposes.get((purpose, point), [])
+            if len(parents) == 1:
+                linked.append(replace(mapping, purpose_record=parents[0].record))
+                continue
+            if parents:
+                self.problem(
+                    f"{mapping.path}.value",
+                    f"purpose {purpose} is mapped to {len(parents)} Purposes on contact point {point.value} "
+                    f"({', '.join(p.path for p in parents)}), so this topic's Purpose is ambiguous; "
+                    "keep one of them on this contact point",
+                )
+                continue
+            elsewhere = [p.path for (p_id, _), group in purposes.items() if p_id == purpose for p in group]
+            note = f" (it is mapped on another contact point by {', '.join(elsewhere)})" if elsewhere else ""
+            self.problem(
+                f"{mapping.path}.value",
+                f"a Topic row carries its Purpose, but purpose {purpose} is not mapped on contact point "
+                f"{point.value}{note}; add "
+                f'{{"id": "<Purpose name or GUID>", "value": "consents_purposes_{purpose}_enabled"'
+                + (f', "contact_point": "{point.value}"' if point is not default_type else "")
+                + "}",
+            )
+        return linked
 
     def parse_transform(self, path: str, raw: Any, field_ref: FieldRef | None) -> Transform | None:
         if raw is None:

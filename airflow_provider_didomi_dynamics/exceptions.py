@@ -101,6 +101,16 @@ class MissingColumnError(DidomiDynamicsError, ValueError):
     """A mapped column the Dataverse table does not have: every row would fail, a person fixes the mapping."""
 
 
+class ConsentRecordError(DidomiDynamicsError, ValueError):
+    """A mapped Purpose or Topic is not in Dataverse, or its name is on several records: a person fixes the config."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__(
+            f"{len(self.problems)} mapped consent record(s) cannot be resolved:\n" + "\n".join(self.problems)
+        )
+
+
 class EventFieldError(DidomiDynamicsError, ValueError):
     """A field that no consent event can carry (read-only, vendor, or a value of the wrong type)."""
 
@@ -231,6 +241,7 @@ __all__ = [
     "ColumnCollisionError",
     "ConfigError",
     "ConnectionSetupError",
+    "ConsentRecordError",
     "DataverseAuthError",
     "DidomiDynamicsError",
     "EventFieldError",

@@ -71,6 +71,10 @@ def forward_map(flat: pd.DataFrame, config: IntegrationConfig) -> ForwardResult:
         out[mapping.attribute] = values
         if missed:
             unmapped[mapping.attribute] = missed
+    for consent in config.forward_consent_mappings:  # target contact_point_consent: the Didomi flags, as they are
+        if consent.value not in out:
+            ref = _reparse(consent, known)  # type: ignore[arg-type]  # same .field / .value as a FieldMapping
+            out[consent.value] = source_column(flat, ref, n).take(kept).reset_index(drop=True)
     frame = pd.DataFrame(out, index=pd.RangeIndex(len(kept)), copy=False)
     return ForwardResult(frame, missing_key, duplicates_dropped, unmapped)
 

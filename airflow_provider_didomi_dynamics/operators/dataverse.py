@@ -15,13 +15,14 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_didomi_dynamics.core.coerce import flag, guid_list
-from airflow_provider_didomi_dynamics.core.config import IntegrationConfig, load_config
+from airflow_provider_didomi_dynamics.core.config import IntegrationConfig, Target, load_config
 from airflow_provider_didomi_dynamics.core.report import RunReport, enforce_failure_threshold
 from airflow_provider_didomi_dynamics.core.windows import DEFAULT_LOOKBACK, SyncWindow, resolve_window
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
 from airflow_provider_didomi_dynamics.operators.fail_fast import fails_fast
 from airflow_provider_didomi_dynamics.sync.pull_contacts import pull_contacts
+from airflow_provider_didomi_dynamics.sync.push_contact_point_consent import push_contact_point_consents_for
 from airflow_provider_didomi_dynamics.sync.push_contacts import PushOptions, push_contacts
 from airflow_provider_didomi_dynamics.sync.retry_queue import RetryQueue, hand_over
 from airflow_provider_didomi_dynamics.sync.rows_file import write_rows_file
@@ -119,6 +120,12 @@ class DataversePushContactsOperator(BaseOperator):
         if retry_rows is None and self.retry_previous_failures and ti is not None:
             queue = RetryQueue.for_task(ti, hook.settings.instance_url)
             retry_rows = queue.read() if queue is not None else None
+        if config.target is Target.CONTACT_POINT_CONSENT:
+            try:
+                report = push_contact_point_consents_for(hook, self.contacts, config, options)
+            finally:
+                hook.close()
+            return self.finish(report, options, ti, queue)
         didomi = DidomiHook(self.didomi_conn_id) if self.didomi_conn_id else None
         try:
             history = didomi.event_histories if didomi is not None else None
@@ -127,6 +134,10 @@ class DataversePushContactsOperator(BaseOperator):
             hook.close()
             if didomi is not None:
                 didomi.close()
+        return self.finish(report, options, ti, queue)
+
+    def finish(self, report: RunReport, options: PushOptions, ti: Any, queue: Any) -> dict[str, Any]:
+        """Hand failed rows over, push the report, enforce the thresholds: the same for both targets."""
         if ti is not None and not options.dry_run:
             hand_over(ti, queue, report.retry_rows)
         result = report.as_dict(rows_file=write_rows_file(report, ti))

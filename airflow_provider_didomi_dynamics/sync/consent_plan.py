@@ -19,6 +19,8 @@ from airflow_provider_didomi_dynamics.core.config import NullValues
 NOT_SET, OPTED_IN, OPTED_OUT = 534120000, 534120001, 534120002
 VALUE_NAMES = {NOT_SET: "NotSet", OPTED_IN: "OptedIn", OPTED_OUT: "OptedOut"}
 CONTACT_POINT_TYPES = {"email": 534120000, "text": 534120001, "voice": 534120003}
+PURPOSE_LEVEL, TOPIC_LEVEL = 534120000, 534120001  # msdynmkt_contactpointconsenttype
+SOURCE_LOADED = 534120003  # msdynmkt_source "Loaded": consent brought in from another system
 # What every row we write says about where it came from, so the reverse sync and other integrations can tell.
 DIDOMI_REASON = "Didomi consent sync (airflow-provider-didomi-dynamics)"
 
@@ -166,6 +168,8 @@ def _create_body(address: str, target: ConsentTarget, value: int, reason: str) -
         "msdynmkt_contactpointvalue": address,
         "msdynmkt_contactpointtype": target.type_code,
         "msdynmkt_value": value,
+        "msdynmkt_contactpointconsenttype": PURPOSE_LEVEL if target.topic_id is None else TOPIC_LEVEL,
+        "msdynmkt_source": SOURCE_LOADED,
         "msdynmkt_reason": reason,
         "msdynmkt_purposeid@odata.bind": f"/msdynmkt_purposes({target.purpose_id})",
     }

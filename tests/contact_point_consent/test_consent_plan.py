@@ -42,6 +42,8 @@ def test_missing_rows_are_created_with_their_lookups_and_our_marker() -> None:
         "msdynmkt_contactpointvalue": "Zoë@Exämple.com",
         "msdynmkt_contactpointtype": 534120000,
         "msdynmkt_value": OPTED_IN,
+        "msdynmkt_contactpointconsenttype": 534120000,  # a purpose row
+        "msdynmkt_source": 534120003,  # Loaded
         "msdynmkt_reason": DIDOMI_REASON,
         "msdynmkt_purposeid@odata.bind": f"/msdynmkt_purposes({NEWSLETTER})",
     }

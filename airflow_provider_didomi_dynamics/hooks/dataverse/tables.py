@@ -59,6 +59,17 @@ class Table:
 
 
 CONTACT = Table("contact", "contacts", "contactid")
+# Customer Insights - Journeys: consent per contact point and purpose or topic (version 4; 2 and 3 are legacy).
+PURPOSE = Table("msdynmkt_purpose", "msdynmkt_purposes", "msdynmkt_purposeid")
+TOPIC = Table(
+    "msdynmkt_topic", "msdynmkt_topics", "msdynmkt_topicid", lookups={"msdynmkt_purposeid": "msdynmkt_purposes"}
+)
+CONTACT_POINT_CONSENT = Table(
+    "msdynmkt_contactpointconsent4",
+    "msdynmkt_contactpointconsent4s",
+    "msdynmkt_contactpointconsent4id",
+    lookups={"msdynmkt_purposeid": "msdynmkt_purposes", "msdynmkt_topicid": "msdynmkt_topics"},
+)
 
 
 def as_table(table: Table | str) -> Table:
@@ -71,4 +82,4 @@ def entity_set_of(table: Table | str) -> str:
     return table.entity_set if isinstance(table, Table) else table
 
 
-__all__ = ["CONTACT", "Table", "as_table", "entity_set_of"]
+__all__ = ["CONTACT", "CONTACT_POINT_CONSENT", "PURPOSE", "TOPIC", "Table", "as_table", "entity_set_of"]

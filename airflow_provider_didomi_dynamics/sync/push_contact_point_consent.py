@@ -1,0 +1,308 @@
+"""Push Didomi consent into Customer Insights - Journeys' Contact Point Consent table, usable from any task.
+
+Steps: resolve the mapped Purpose and Topic records (by name or GUID, once per run), match users to contacts by the
+key attribute (creating the missing ones first under ``upsert_mode``), read the consent rows those contact points
+already have (In filters, URL-length chunks), plan (``consent_plan``), then CreateMultiple / UpdateMultiple in
+batches. A batch Dataverse refuses is split until the refused rows stand alone; a create whose answer was lost is
+settled by reading the rows back, so a re-run or a retry never duplicates a consent row.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_provider_didomi_dynamics.core.config import ConsentKind, IntegrationConfig, NullValues
+from airflow_provider_didomi_dynamics.core.report import Outcome, RunReport
+from airflow_provider_didomi_dynamics.exceptions import AmbiguousWriteError, ApiError, ConsentRecordError
+from airflow_provider_didomi_dynamics.hooks.dataverse import CONTACT, DataverseHook, in_filter
+from airflow_provider_didomi_dynamics.hooks.dataverse.tables import CONTACT_POINT_CONSENT, PURPOSE, TOPIC
+from airflow_provider_didomi_dynamics.sync.consent_plan import (
+    DIDOMI_REASON,
+    ConsentPlan,
+    ConsentTarget,
+    PlannedConsent,
+    existing_key,
+    plan_consents,
+)
+
+log = logging.getLogger(__name__)
+
+CONSENT_COLUMNS = [
+    "msdynmkt_contactpointconsent4id",
+    "msdynmkt_contactpointvalue",
+    "msdynmkt_contactpointtype",
+    "msdynmkt_value",
+    "_msdynmkt_purposeid_value",
+    "_msdynmkt_topicid_value",
+]
+
+
+@dataclass(frozen=True)
+class ConsentRecord:
+    """A mapping's record as the config names it: a Purpose, or a Topic under the purpose it belongs to."""
+
+    path: str  # the mapping's JSON path, for errors a person fixes
+    column: str  # the flat Didomi column the frame carries
+    record: str  # msdynmkt_name or GUID
+    purpose_record: str | None = None  # for a topic: its purpose's name or GUID
+    contact_point_type: str = "email"
+
+
+@dataclass(frozen=True)
+class ConsentPushOptions:
+    batch_size: int = 500
+    upsert_mode: bool = False
+    null_values: NullValues = NullValues.SKIP
+    dry_run: bool = False
+    reason: str = DIDOMI_REASON
+
+
+def consent_records(config: IntegrationConfig) -> list[ConsentRecord]:
+    """The config's forward consent mappings as the records to resolve; a topic carries its purpose's record."""
+    records: list[ConsentRecord] = []
+    for mapping in config.forward_consent_mappings:
+        topic = mapping.kind is ConsentKind.TOPIC
+        records.append(
+            ConsentRecord(
+                path=mapping.path,
+                column=mapping.value,
+                record=_ref_text(mapping.record),
+                purpose_record=_ref_text(mapping.purpose_record) if topic else None,
+                contact_point_type=mapping.contact_point_type.value,
+            )
+        )
+    return records
+
+
+def _ref_text(ref: Any) -> str:
+    return str(ref.guid or ref.name)
+
+
+def resolve_targets(hook: DataverseHook, records: Sequence[ConsentRecord]) -> list[ConsentTarget]:
+    """Purpose and Topic ids for the mapped records; an unknown or ambiguous name fails with its mapping's path."""
+    purposes = _find(hook, PURPOSE, {r.purpose_record or r.record for r in records})
+    topics = _find(hook, TOPIC, {r.record for r in records if r.purpose_record is not None})
+    targets: list[ConsentTarget] = []
+    problems: list[str] = []
+    for record in records:
+        purpose_name = record.purpose_record or record.record
+        purpose = purposes.get(purpose_name)
+        if not isinstance(purpose, str):
+            problems.append(f"{record.path}: {_why(purpose, 'Purpose', purpose_name)}")
+            continue
+        topic_id: str | None = None
+        if record.purpose_record is not None:
+            topic = topics.get(record.record)
+            if not isinstance(topic, str):
+                problems.append(f"{record.path}: {_why(topic, 'Topic', record.record)}")
+                continue
+            topic_id = topic
+        targets.append(ConsentTarget(record.column, record.record, purpose, topic_id, record.contact_point_type))
+    if problems:
+        raise ConsentRecordError(problems)
+    return targets
+
+
+def _find(hook: DataverseHook, table: Any, names: Iterable[str]) -> dict[str, str | int | None]:
+    """name or GUID -> id (str), or the number of rows that carry that name (int, when not exactly one)."""
+    wanted = sorted(set(names))
+    if not wanted:
+        return {}
+    rows: list[dict[str, Any]] = []
+    for page in hook.iter_rows(table, [table.id_attribute, "msdynmkt_name"], filter=in_filter("msdynmkt_name", wanted)):
+        rows.extend(page)
+    guids = [n for n in wanted if _is_guid(n)]
+    if guids:
+        for page in hook.iter_rows(
+            table, [table.id_attribute, "msdynmkt_name"], filter=in_filter(table.id_attribute, guids)
+        ):
+            rows.extend(page)
+    found: dict[str, str | int | None] = {}
+    for name in wanted:
+        ids = {
+            str(r[table.id_attribute]).lower()
+            for r in rows
+            if str(r.get("msdynmkt_name") or "").casefold() == name.casefold()
+            or str(r[table.id_attribute]).lower() == name.lower()
+        }
+        found[name] = next(iter(ids)) if len(ids) == 1 else len(ids)
+    return found
+
+
+def _why(found: str | int | None, kind: str, name: str) -> str:
+    if not found:
+        return f"no {kind} record named {name!r} in Dataverse; create it in Customer Insights - Journeys or fix the id"
+    return f"{found} {kind} records are named {name!r}; use the record's GUID as the mapping's id"
+
+
+def _is_guid(text: str) -> bool:
+    import uuid
+
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def contact_points_for(
+    hook: DataverseHook,
+    user_ids: Sequence[str],
+    key_attribute: str,
+    attributes: Mapping[str, str],
+    options: ConsentPushOptions,
+    report: RunReport,
+) -> dict[str, dict[str, str | None]]:
+    """organization_user_id -> contact point type -> value, from the matched (or, under upsert_mode, new) contacts."""
+    select = list(dict.fromkeys([CONTACT.id_attribute, key_attribute, *attributes.values()]))
+    matched = hook.lookup_by_keys(key_attribute, user_ids, select)
+    missing = [uid for uid in user_ids if uid not in matched]
+    if missing and options.upsert_mode and not options.dry_run:
+        bodies = [{key_attribute: uid} for uid in missing]
+        for start in range(0, len(bodies), options.batch_size):
+            hook.create_multiple(CONTACT, bodies[start : start + options.batch_size])
+        report.extra["contacts_created"] = len(missing)
+        matched.update(hook.lookup_by_keys(key_attribute, missing, select))
+    elif missing and options.upsert_mode:
+        report.extra["contacts_to_create"] = len(missing)
+        matched.update({uid: {key_attribute: uid} for uid in missing})
+    return {uid: {kind: row.get(attribute) for kind, attribute in attributes.items()} for uid, row in matched.items()}
+
+
+def existing_rows(hook: DataverseHook, addresses: Iterable[str]) -> list[dict[str, Any]]:
+    """The consent rows Dataverse holds for these contact point values (addresses, numbers)."""
+    values = sorted(set(addresses))
+    if not values:
+        return []
+    column = "msdynmkt_contactpointvalue"
+    rows: list[dict[str, Any]] = []
+    for chunk in hook.in_filter_chunks(CONTACT_POINT_CONSENT, column, values, CONSENT_COLUMNS):
+        for page in hook.iter_rows(CONTACT_POINT_CONSENT, CONSENT_COLUMNS, filter=in_filter(column, chunk)):
+            rows.extend(page)
+    return rows
+
+
+def push_contact_point_consents(
+    hook: DataverseHook,
+    users: Sequence[Mapping[str, Any]],
+    records: Sequence[ConsentRecord],
+    key_attribute: str,
+    attributes: Mapping[str, str],
+    options: ConsentPushOptions,
+) -> RunReport:
+    """One push; every (user, mapped record) pair ends created / updated / unchanged / skipped / failed."""
+    started = time.monotonic()
+    report = RunReport("push_contact_point_consent", dry_run=options.dry_run)
+    targets = resolve_targets(hook, records)
+    user_ids = list(dict.fromkeys(str(u["organization_user_id"]) for u in users if u.get("organization_user_id")))
+    points = contact_points_for(hook, user_ids, key_attribute, attributes, options, report)
+    types = {t.contact_point_type for t in targets}
+    rows = existing_rows(hook, (v for by_type in points.values() for t, v in by_type.items() if t in types and v))
+    plan = plan_consents(users, points, targets, rows, options.null_values, options.reason)
+    report.extra["plan"] = plan.counts
+    for key in plan.unchanged:
+        report.add(key, Outcome.UNCHANGED)
+    for key, reason in plan.skipped:
+        report.add(key, Outcome.SKIPPED, reason)
+    if plan.warnings:
+        report.extra["warnings"] = [f"{key}: {why}" for key, why in plan.warnings[:40]]
+    if options.dry_run:
+        for write in plan.creates:
+            report.add(write.key, Outcome.CREATED, changes={"msdynmkt_value": write.value})
+        for write in plan.updates:
+            report.add(write.key, Outcome.UPDATED, changes={"msdynmkt_value": write.value})
+    else:
+        _write(hook, plan, options, report)
+    report.seconds = time.monotonic() - started
+    report.http_requests, report.throttled_429 = hook.stats.requests, hook.stats.throttled_429
+    log.info("%s", report.summary())
+    return report
+
+
+def _write(hook: DataverseHook, plan: ConsentPlan, options: ConsentPushOptions, report: RunReport) -> None:
+    for start in range(0, len(plan.creates), options.batch_size):
+        _settle(hook, plan.creates[start : start + options.batch_size], Outcome.CREATED, report, _create(hook))
+    for start in range(0, len(plan.updates), options.batch_size):
+        _settle(hook, plan.updates[start : start + options.batch_size], Outcome.UPDATED, report, _update(hook))
+
+
+def _create(hook: DataverseHook) -> Callable[[list[PlannedConsent]], None]:
+    def send(batch: list[PlannedConsent]) -> None:
+        try:
+            hook.create_multiple(CONTACT_POINT_CONSENT, [w.body for w in batch])
+        except AmbiguousWriteError:
+            _settle_lost_creates(hook, batch)
+
+    return send
+
+
+def _update(hook: DataverseHook) -> Callable[[list[PlannedConsent]], None]:
+    def send(batch: list[PlannedConsent]) -> None:
+        hook.update_multiple(CONTACT_POINT_CONSENT, [w.body for w in batch])
+
+    return send
+
+
+def _settle_lost_creates(hook: DataverseHook, batch: list[PlannedConsent]) -> None:
+    """A create whose answer never came: read the rows back; create only those that really are missing."""
+    held = {existing_key(r) for r in existing_rows(hook, (w.body["msdynmkt_contactpointvalue"] for w in batch))}
+    missing = [w for w in batch if w.row_key not in held]
+    if missing:
+        hook.create_multiple(CONTACT_POINT_CONSENT, [w.body for w in missing])
+
+
+def _settle(
+    hook: DataverseHook,
+    batch: list[PlannedConsent],
+    outcome: Outcome,
+    report: RunReport,
+    send: Callable[[list[PlannedConsent]], None],
+) -> None:
+    """Send one all-or-nothing batch; a refused batch is halved until each refused row stands alone."""
+    try:
+        send(batch)
+    except ApiError as err:
+        if len(batch) == 1 or err.status_code in (401, 403, 429):
+            for write in batch:
+                report.add(write.key, Outcome.FAILED, str(err))
+            return
+        middle = len(batch) // 2
+        _settle(hook, batch[:middle], outcome, report, send)
+        _settle(hook, batch[middle:], outcome, report, send)
+        return
+    for write in batch:
+        report.add(write.key, outcome, changes={"msdynmkt_value": write.value})
+
+
+def push_contact_point_consents_for(
+    hook: DataverseHook, contacts: Any, config: IntegrationConfig, options: Any
+) -> RunReport:
+    """The forward push for target ``contact_point_consent``: the mapped frame and the config, as the operator has them.
+
+    ``options`` is the contact push's ``PushOptions`` (batch size, dry run); the rest comes from the config.
+    """
+    import pandas as pd
+
+    frame = contacts if isinstance(contacts, pd.DataFrame) else pd.DataFrame(contacts or [])
+    users: list[dict[str, Any]] = (
+        [
+            {str(k): v for k, v in row.items()}
+            for row in frame.astype(object).where(frame.notna(), None).to_dict("records")
+        ]
+        if len(frame)
+        else []
+    )
+    attributes = {kind.value: config.contact_point_attribute(kind) for kind in config.contact_point_types}
+    consent_options = ConsentPushOptions(
+        batch_size=options.batch_size,
+        upsert_mode=config.upsert_mode,
+        null_values=config.null_values,
+        dry_run=options.dry_run,
+    )
+    return push_contact_point_consents(
+        hook, users, consent_records(config), config.contact_key_attribute, attributes, consent_options
+    )

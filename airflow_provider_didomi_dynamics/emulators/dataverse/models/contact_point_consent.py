@@ -68,13 +68,21 @@ def _system_columns(entity: str, display: str) -> list[AttributeMeta]:
             required_level="SystemRequired",
             global_option_set=f"{entity}_statecode",
         ),
-        _attr(entity, "statuscode", "Status", "Status Reason", options=STATUSES, global_option_set=f"{entity}_statuscode"),
+        _attr(
+            entity, "statuscode", "Status", "Status Reason", options=STATUSES, global_option_set=f"{entity}_statuscode"
+        ),
         ro("createdon", "DateTime", "Created On", schema_name="CreatedOn"),
         ro("modifiedon", "DateTime", "Modified On", schema_name="ModifiedOn"),
         ro("versionnumber", "BigInt", "Version Number", schema_name="VersionNumber"),
         ro("createdby", "Lookup", "Created By", schema_name="CreatedBy", targets=["systemuser"]),
         ro("modifiedby", "Lookup", "Modified By", schema_name="ModifiedBy", targets=["systemuser"]),
-        ro("createdonbehalfby", "Lookup", "Created By (Delegate)", schema_name="CreatedOnBehalfBy", targets=["systemuser"]),
+        ro(
+            "createdonbehalfby",
+            "Lookup",
+            "Created By (Delegate)",
+            schema_name="CreatedOnBehalfBy",
+            targets=["systemuser"],
+        ),
         ro(
             "modifiedonbehalfby",
             "Lookup",
@@ -254,9 +262,7 @@ def consent_table() -> TableDef:
                 targets=[PURPOSE],
                 required_level="ApplicationRequired",
             ),
-            _attr(
-                e, "msdynmkt_topicid", "Lookup", "Topic", schema_name="msdynmkt_topicId", targets=[TOPIC]
-            ),
+            _attr(e, "msdynmkt_topicid", "Lookup", "Topic", schema_name="msdynmkt_topicId", targets=[TOPIC]),
             _attr(
                 e,
                 "msdynmkt_source",

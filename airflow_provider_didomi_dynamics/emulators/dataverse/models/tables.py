@@ -260,7 +260,9 @@ class Tables(Bulk):
             finally:
                 self._table_journal = None
 
-    def create_row(self, name: str, body: dict[str, Any], caller: Caller, *, primary_id: str | None = None) -> dict[str, Any]:
+    def create_row(
+        self, name: str, body: dict[str, Any], caller: Caller, *, primary_id: str | None = None
+    ) -> dict[str, Any]:
         """Create one row from a Web API body (binds resolved, required lookups checked); returns the stored row."""
         with self._lock:
             table = self.table(name)
@@ -514,7 +516,9 @@ class Tables(Bulk):
     def require_change_tracking(self, name: str) -> None:
         table = self.table(name)
         if not table.change_tracking:
-            raise DataverseError(400, E.INVALID_ARGUMENT, f"Change tracking is not enabled for the entity '{table.name}'.")
+            raise DataverseError(
+                400, E.INVALID_ARGUMENT, f"Change tracking is not enabled for the entity '{table.name}'."
+            )
 
     def set_table_change_tracking(self, name: str, enabled: bool) -> None:
         with self._lock:

@@ -197,6 +197,33 @@ class AdminRoutes:
         )
         return AdminReply(201, meta.to_json())
 
+    # -- the Contact Point Consent tables -------------------------------------------------------------------------
+
+    def add_purpose(self, call: AdminCall) -> AdminReply:
+        payload = call.payload
+        kwargs = {"purpose_type": int(payload["purpose_type"])} if "purpose_type" in payload else {}
+        return AdminReply(201, {"id": self.model.add_purpose(str(payload["name"]), **kwargs)})
+
+    def add_topic(self, call: AdminCall) -> AdminReply:
+        payload = call.payload
+        return AdminReply(201, {"id": self.model.add_topic(str(payload["name"]), str(payload["purpose_id"]))})
+
+    def add_consent_rows(self, call: AdminCall) -> AdminReply:
+        payload = call.payload
+        rows = payload.get("rows") if isinstance(payload, dict) else payload
+        client_id = payload.get("client_id") if isinstance(payload, dict) else None
+        return AdminReply(201, {"ids": self.model.add_consent_rows(list(rows or []), client_id=client_id)})
+
+    def list_table(self, call: AdminCall) -> AdminReply:
+        return AdminReply(200, {"value": self.model.table_rows(call.params["set"])})
+
+    def edit_table_row(self, call: AdminCall) -> AdminReply:
+        payload = call.payload
+        row = self.model.edit_table_row(
+            call.params["set"], call.params["id"], payload.get("changes", {}), client_id=payload.get("client_id")
+        )
+        return AdminReply(200, row)
+
 
 def admin_table(h: AdminRoutes) -> list[AdminRoute]:
     """Path (below ``/_emulator``), methods (empty: any) and handler of every admin route."""
@@ -226,6 +253,11 @@ def admin_table(h: AdminRoutes) -> list[AdminRoute]:
         AdminRoute("/roles", ("GET",), h.list_roles),
         AdminRoute("/roles", ("POST",), h.change_role),
         AdminRoute("/attributes", ("POST",), h.add_attribute),
+        AdminRoute("/purposes", ("POST",), h.add_purpose),
+        AdminRoute("/topics", ("POST",), h.add_topic),
+        AdminRoute("/consents", ("POST",), h.add_consent_rows),
+        AdminRoute("/tables/{set}", ("GET",), h.list_table),
+        AdminRoute("/tables/{set}/{id}/edit", ("POST",), h.edit_table_row),
     ]
 
 

@@ -25,6 +25,7 @@ from airflow_provider_didomi_dynamics.emulators.dataverse.http.contacts import C
 from airflow_provider_didomi_dynamics.emulators.dataverse.http.entra import EntraRoutes
 from airflow_provider_didomi_dynamics.emulators.dataverse.http.metadata import MetadataRoutes
 from airflow_provider_didomi_dynamics.emulators.dataverse.http.system import SYSTEM_SETS, SystemRoutes
+from airflow_provider_didomi_dynamics.emulators.dataverse.http.tables import TableRoutes
 from airflow_provider_didomi_dynamics.emulators.dataverse.http.urls import (
     WEB_API_PREFIX,
     resource_routes,
@@ -62,6 +63,7 @@ class DataverseApp:
         self.contacts = ContactRoutes(model)
         self.metadata = MetadataRoutes(model)
         self.system = SystemRoutes(model)
+        self.tables = TableRoutes(model)
         self.batch = BatchRoutes(model, self.dispatch)
         self._resources = resource_routes(self)
         self._segments = segment_routes(self)
@@ -191,7 +193,7 @@ class DataverseApp:
         raise DataverseError(404, E.SEGMENT_NOT_FOUND, f"Resource not found for the segment '{name}'.")
 
     def service_document(self, req: Request) -> Response:
-        sets = ["contacts", "EntityDefinitions", *SYSTEM_SETS]
+        sets = ["contacts", *self.model.tables, "EntityDefinitions", *SYSTEM_SETS]
         return Response.json(
             200,
             {

@@ -1,4 +1,5 @@
-"""Web API routes of ``EntityDefinitions``: the contact entity, its Attributes (with type casts) and Keys."""
+"""Web API routes of ``EntityDefinitions``: the contact entity, its Attributes (with type casts) and Keys, and the
+read-only metadata of the ``TableDef`` tables (the consent tables)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from airflow_provider_didomi_dynamics.emulators.dataverse.models.metadata import
     attribute_from_metadata_json,
 )
 from airflow_provider_didomi_dynamics.emulators.dataverse.models.queries import generic_resolver
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.tables import TableDef
 from airflow_provider_didomi_dynamics.emulators.dataverse.odata import build_filter, parse_expand, parse_select
 
 
@@ -40,17 +42,20 @@ class MetadataRoutes:
         if key is None and rest == "":
             if req.method != "GET":
                 raise method_not_allowed(req.method)
-            items = [entity]
+            items = [entity, *(d.entity_json() for d in model.table_definitions())]
             if "$filter" in req.params:
                 predicate = build_filter(req.params["$filter"], generic_resolver(), aliases(req))
                 items = [e for e in items if predicate(e)]
-            value = [self._entity_view(req, e) for e in items]
+            value = [self._entity_view(req, e, self._attributes_of(e)) for e in items]
             return Response.json(200, {"@odata.context": f"{req.base}$metadata#EntityDefinitions", "value": value})
         if key is not None:
             address = parse_address(key)
             logical = address.get("logicalname") if isinstance(address, dict) else None
             if not (address == CONTACT_METADATA_ID or (isinstance(logical, str) and logical.lower() == "contact")):
-                raise DataverseError(404, E.NOT_FOUND, f"Could not find entity with key {key}.")
+                table = self._table_for(address)
+                if table is None:
+                    raise DataverseError(404, E.NOT_FOUND, f"Could not find entity with key {key}.")
+                return self._table_route(req, table, rest)
         if rest == "":
             if req.method != "GET":
                 raise method_not_allowed(req.method)
@@ -64,7 +69,70 @@ class MetadataRoutes:
             return self._keys(req, sub_key)
         raise DataverseError(404, E.SEGMENT_NOT_FOUND, f"Resource not found for the segment '{sub}'.")
 
-    def _entity_view(self, req: Request, entity: dict[str, Any]) -> dict[str, Any]:
+    def _table_for(self, address: str | dict[str, Any]) -> TableDef | None:
+        """The ``TableDef`` a key addresses (``LogicalName='...'`` or its MetadataId), if any."""
+        logical = address.get("logicalname") if isinstance(address, dict) else None
+        for definition in self.model.table_definitions():
+            if address == definition.metadata_id or (
+                isinstance(logical, str) and logical.lower() == definition.logical_name
+            ):
+                return definition
+        return None
+
+    def _attributes_of(self, entity: dict[str, Any]) -> list[AttributeMeta] | None:
+        for definition in self.model.table_definitions():
+            if entity.get("MetadataId") == definition.metadata_id:
+                return list(definition.attributes)
+        return None
+
+    def _table_route(self, req: Request, table: TableDef, rest: str) -> Response:
+        """``EntityDefinitions(LogicalName='<table>')`` with its Attributes (read-only) and (no) Keys."""
+        if req.method != "GET":
+            raise method_not_allowed(req.method)
+        if rest == "":
+            data = {"@odata.context": f"{req.base}$metadata#EntityDefinitions/$entity"}
+            data.update(self._entity_view(req, table.entity_json(), list(table.attributes)))
+            return Response.json(200, data)
+        sub, sub_key, sub_rest = split_segment(rest)
+        if sub == "Keys":
+            return Response.json(
+                200, {"@odata.context": f"{req.base}$metadata#EntityDefinitions({table.metadata_id})/Keys", "value": []}
+            )
+        if sub != "Attributes":
+            raise DataverseError(404, E.SEGMENT_NOT_FOUND, f"Resource not found for the segment '{sub}'.")
+        attrs = list(table.attributes)
+        if sub_key is None:
+            cast = sub_rest.removeprefix("Microsoft.Dynamics.CRM.") if sub_rest else None
+            options = {k: v for k, v in req.params.items() if k in ("$select", "$filter", "$expand")}
+            context = f"{req.base}$metadata#EntityDefinitions({table.metadata_id})/Attributes"
+            if cast:
+                context += f"/Microsoft.Dynamics.CRM.{cast}"
+            return Response.json(200, {"@odata.context": context, "value": self._attribute_views(attrs, cast, options)})
+        address = parse_address(sub_key)
+        match = None
+        for a in attrs:
+            if (isinstance(address, str) and a.metadata_id == address) or (
+                isinstance(address, dict) and str(address.get("logicalname", "")).lower() == a.logical_name
+            ):
+                match = a
+        if match is None:
+            raise DataverseError(404, E.NOT_FOUND, f"Could not find attribute with key {sub_key}.")
+        cast = sub_rest.removeprefix("Microsoft.Dynamics.CRM.") if sub_rest else None
+        options = {k: v for k, v in req.params.items() if k in ("$select", "$expand")}
+        views = self._attribute_views([match], cast, options)
+        if not views:
+            raise DataverseError(404, E.NOT_FOUND, f"The attribute {match.logical_name} is not a {cast}.")
+        view = views[0]
+        if cast is None and "$select" not in options:
+            view = match.to_json()
+            view.pop("OptionSet", None)
+        return Response.json(
+            200, {"@odata.context": f"{req.base}$metadata#EntityDefinitions/Attributes/$entity", **view}
+        )
+
+    def _entity_view(
+        self, req: Request, entity: dict[str, Any], attributes: list[AttributeMeta] | None = None
+    ) -> dict[str, Any]:
         out = dict(entity)
         if "$select" in req.params:
             select = parse_select(req.params["$select"])
@@ -79,10 +147,12 @@ class MetadataRoutes:
         expand = parse_expand(req.params.get("$expand", ""))
         for name, options in expand.items():
             if name == "Attributes":
-                attrs = self._attribute_views(self.model.attribute_list(), None, options)
+                source = self.model.attribute_list() if attributes is None else attributes
+                attrs = self._attribute_views(source, None, options)
                 out["Attributes"] = attrs
             elif name == "Keys":
-                out["Keys"] = project([k.to_json() for k in self.model.key_list()], options.get("$select"))
+                keys = self.model.key_list() if attributes is None else []
+                out["Keys"] = project([k.to_json() for k in keys], options.get("$select"))
             else:
                 raise DataverseError(
                     400,

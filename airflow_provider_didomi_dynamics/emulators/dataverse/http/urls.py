@@ -41,4 +41,6 @@ def segment_routes(app: DataverseApp) -> dict[str, SegmentHandler]:
     }
     for name in SYSTEM_SETS:
         routes[name] = app.system.route_for(name)
+    for name in app.model.tables:  # the TableDef tables (Purpose, Topic, Contact Point Consent)
+        routes[name] = app.tables.route_for(name)
     return routes

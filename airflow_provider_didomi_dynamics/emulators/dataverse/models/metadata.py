@@ -148,6 +148,9 @@ class AttributeMeta:
     targets: list[str] = field(default_factory=list)
     schema_name: str = ""
     metadata_id: str = ""
+    entity: str = ENTITY
+    default_form_value: int | None = None
+    global_option_set: str | None = None
     converter: Converter = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -156,7 +159,7 @@ class AttributeMeta:
         if not self.schema_name:
             self.schema_name = self.logical_name
         if not self.metadata_id:
-            self.metadata_id = stable_id(ENTITY, self.logical_name)
+            self.metadata_id = stable_id(self.entity, self.logical_name)
         if not self.display_name:
             self.display_name = self.logical_name
         if self.attribute_type in ("String", "Memo") and self.max_length is None:
@@ -183,6 +186,7 @@ class AttributeMeta:
 
     def _make_converter(self) -> Converter:
         name = self.logical_name
+        entity = self.entity
         t = self.attribute_type
         if t in ("String", "Memo"):
             max_length = self.max_length or 0
@@ -194,7 +198,7 @@ class AttributeMeta:
                     raise payload_error("Cannot convert a primitive value to the expected type 'Edm.String'.")
                 if len(v) > max_length:
                     raise validation_error(
-                        f"The length of the '{name}' attribute of the '{ENTITY}' entity exceeded the maximum "
+                        f"The length of the '{name}' attribute of the '{entity}' entity exceeded the maximum "
                         f"allowed length of '{max_length}'."
                     )
                 return v
@@ -219,7 +223,7 @@ class AttributeMeta:
                 if v not in allowed:
                     accepted = ",".join(str(k) for k in allowed)
                     raise validation_error(
-                        f"The value {v} of '{name}' on record of type '{ENTITY}' is outside the valid range. "
+                        f"The value {v} of '{name}' on record of type '{entity}' is outside the valid range. "
                         f"Accepted Values: {accepted}"
                     )
                 return v
@@ -235,7 +239,7 @@ class AttributeMeta:
                     raise payload_error(f"Cannot convert the literal '{v}' to the expected type 'Edm.Int32'.")
                 if (low is not None and v < low) or (high is not None and v > high):
                     raise validation_error(
-                        f"The value {v} of '{name}' on record of type '{ENTITY}' is outside the valid range."
+                        f"The value {v} of '{name}' on record of type '{entity}' is outside the valid range."
                     )
                 return v
 
@@ -282,7 +286,7 @@ class AttributeMeta:
             "MetadataId": self.metadata_id,
             "LogicalName": self.logical_name,
             "SchemaName": self.schema_name,
-            "EntityLogicalName": ENTITY,
+            "EntityLogicalName": self.entity,
             "AttributeType": self.attribute_type,
             "AttributeTypeName": {"Value": f"{self.attribute_type}Type"},
             "DisplayName": label(self.display_name),
@@ -305,22 +309,25 @@ class AttributeMeta:
             if self.attribute_type == "String":
                 out["FormatName"] = {"Value": "Text"}
         elif self.attribute_type in ("Picklist", "State", "Status"):
-            out["DefaultFormValue"] = next(iter(self.options or {}), None)
+            default = self.default_form_value
+            out["DefaultFormValue"] = next(iter(self.options or {}), None) if default is None else default
             out["OptionSet"] = {
-                "MetadataId": stable_id(ENTITY, self.logical_name, "optionset"),
-                "Name": f"{ENTITY}_{self.logical_name}",
+                "MetadataId": stable_id(self.entity, self.logical_name, "optionset"),
+                "Name": self.global_option_set or f"{self.entity}_{self.logical_name}",
                 "OptionSetType": self.attribute_type,
                 "Options": [
                     {"Value": value, "Label": label(text), "Color": None, "IsManaged": not self.is_custom}
                     for value, text in (self.options or {}).items()
                 ],
             }
+            if self.global_option_set is not None:
+                out["OptionSet"]["IsGlobal"] = True
         elif self.attribute_type == "Boolean":
             texts = self.options or {0: "No", 1: "Yes"}
             out["DefaultValue"] = bool(CREATE_DEFAULTS.get(self.logical_name, False))
             out["OptionSet"] = {
-                "MetadataId": stable_id(ENTITY, self.logical_name, "optionset"),
-                "Name": f"{ENTITY}_{self.logical_name}",
+                "MetadataId": stable_id(self.entity, self.logical_name, "optionset"),
+                "Name": f"{self.entity}_{self.logical_name}",
                 "OptionSetType": "Boolean",
                 "TrueOption": {"Value": 1, "Label": label(texts.get(1, "Yes"))},
                 "FalseOption": {"Value": 0, "Label": label(texts.get(0, "No"))},

@@ -3,7 +3,8 @@
 Pure Python and HTTP-free (moto style): the HTTP layer in ``dataverse/http/`` translates requests into calls on
 :class:`DataverseModel`, and tests or the demo can drive the same model directly. One re-entrant lock guards the
 state; the ASGI server calls in from its event-loop thread and tests from theirs. The layers, bottom up:
-security, identity, schema, system tables, webhooks, contacts, queries, bulk; this module adds settings, reset
+security, identity, schema, system tables, webhooks, contacts, queries, bulk, other tables (the consent
+tables); this module adds settings, reset
 and seeds.
 """
 
@@ -16,7 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 from airflow_provider_didomi_dynamics.emulators.common.faults import FaultPlan, RequestLog
-from airflow_provider_didomi_dynamics.emulators.dataverse.models.bulk import Bulk
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.contact_point_consent import (
+    ContactPointConsent,
+    consent_tables,
+)
 from airflow_provider_didomi_dynamics.emulators.dataverse.models.identity import (
     ApplicationUser,
     Caller,
@@ -46,7 +50,7 @@ SEEDS: dict[str, SeedHook] = {
 }
 
 
-class DataverseModel(Bulk):
+class DataverseModel(ContactPointConsent):
     """State of one emulated org. Thread-safe; every public method takes the model lock."""
 
     def __init__(
@@ -122,6 +126,8 @@ class DataverseModel(Bulk):
         self._journal: list[tuple[Any, ...]] | None = None
         self._suppress_events = False
         self._pending_events: list[tuple[str, dict[str, Any], dict[str, Any], Caller]] = []
+        self._table_journal = None
+        self._init_tables(consent_tables())
 
     def fail_validation_for(self, attribute: str, value: Any) -> None:
         """Make any write that sets ``attribute`` to ``value`` fail with 0x80044331 (like a validation plug-in)."""
@@ -179,6 +185,7 @@ class DataverseModel(Bulk):
             else:
                 self.rows.clear()
                 self.tombstones.clear()
+                self._clear_table_rows()
                 for key in self.keys.values():
                     key.index.clear()
             self._validation_failures.clear()

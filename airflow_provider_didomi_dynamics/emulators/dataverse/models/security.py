@@ -53,6 +53,8 @@ def _p(name: str, privilege_id: str | None, otc: int, entity: str) -> Privilege:
 
 
 _STEP = "sdkmessageprocessingstep"
+# Customer Insights - Journeys' consent tables (custom-entity privileges are named after the logical name).
+CONSENT_TABLE_TYPE_CODES = {"msdynmkt_purpose": 10650, "msdynmkt_topic": 10651, "msdynmkt_contactpointconsent4": 10652}
 # name -> Privilege. The GUIDs given are Microsoft's (SDK "entity privileges" tables); None = a stable made-up id.
 PRIVILEGES: dict[str, Privilege] = {
     p.name: p
@@ -86,6 +88,11 @@ PRIVILEGES: dict[str, Privilege] = {
         _p("prvDeleteRole", None, 1036, "role"),
         _p("prvActOnBehalfOfAnotherUser", None, 0, "none"),
         _p("prvBypassCustomBusinessLogic", None, 0, "none"),
+        *(
+            _p(f"prv{action}{entity}", None, otc, entity)
+            for entity, otc in CONSENT_TABLE_TYPE_CODES.items()
+            for action in ("Create", "Read", "Write", "Delete", "Append", "AppendTo")
+        ),
     )
 }
 # What the Didomi sync needs (see the preflight): contacts, the bulk-message lookup (sdkmessagefilters), reading its
@@ -99,6 +106,12 @@ DIDOMI_INTEGRATION_PRIVILEGES = (
     "prvReadServiceEndpoint",
     "prvReadUser",
     "prvReadRole",
+    # Contact Point Consent target: read and create purposes and topics, read and write consent rows.
+    *(
+        f"prv{action}{entity}"
+        for entity in CONSENT_TABLE_TYPE_CODES
+        for action in ("Create", "Read", "Write", "Append", "AppendTo")
+    ),
 )
 
 
@@ -289,6 +302,9 @@ TABLE_PRIVILEGES = {
     "sdkmessagefilters": "SdkMessage",
     "systemusers": "User",
     "roles": "Role",
+    "msdynmkt_purposes": "msdynmkt_purpose",
+    "msdynmkt_topics": "msdynmkt_topic",
+    "msdynmkt_contactpointconsent4s": "msdynmkt_contactpointconsent4",
 }
 
 

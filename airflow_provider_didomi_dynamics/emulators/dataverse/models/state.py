@@ -87,3 +87,5 @@ class OrgState:
     _journal: list[tuple[Any, ...]] | None
     _suppress_events: bool
     _pending_events: list[tuple[str, dict[str, Any], dict[str, Any], Caller]]
+    # the other (TableDef) tables: bulk-message journal
+    _table_journal: list[tuple[Any, str, dict[str, Any] | None]] | None

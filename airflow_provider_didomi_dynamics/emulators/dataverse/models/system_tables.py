@@ -29,6 +29,8 @@ SDK_MESSAGES = (
     "Associate",
     "Disassociate",
 )
+# Other tables whose bulk messages the org lists (the Contact Point Consent table supports them).
+BULK_ONLY_ENTITIES = ("msdynmkt_contactpointconsent4",)
 _BIND_RE = re.compile(r"^/?(?:.*/)?([A-Za-z_]+)\(([0-9a-fA-F-]{36})\)$")
 
 
@@ -77,16 +79,18 @@ class SystemTables(Schema):
             name = message["name"]
             if name in BULK_MESSAGES and not self._bulk_enabled:
                 continue
-            fid = stable_id("sdkmessagefilter", name, ENTITY)
-            self._filters.rows[fid] = {
-                "sdkmessagefilterid": fid,
-                "primaryobjecttypecode": ENTITY,
-                "secondaryobjecttypecode": "none",
-                "iscustomprocessingstepallowed": True,
-                "isvisible": True,
-                "_sdkmessageid_value": mid,
-                "sdkmessageid": {"sdkmessageid": mid, "name": name},
-            }
+            entities = (ENTITY, *BULK_ONLY_ENTITIES) if name in BULK_MESSAGES else (ENTITY,)
+            for entity in entities:
+                fid = stable_id("sdkmessagefilter", name, entity)
+                self._filters.rows[fid] = {
+                    "sdkmessagefilterid": fid,
+                    "primaryobjecttypecode": entity,
+                    "secondaryobjecttypecode": "none",
+                    "iscustomprocessingstepallowed": True,
+                    "isvisible": True,
+                    "_sdkmessageid_value": mid,
+                    "sdkmessageid": {"sdkmessageid": mid, "name": name},
+                }
 
     def create_system_row(self, entity_set: str, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         """Create a service endpoint or a processing step (validating the documented fields)."""

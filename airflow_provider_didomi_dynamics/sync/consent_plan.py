@@ -171,10 +171,10 @@ def _create_body(address: str, target: ConsentTarget, value: int, reason: str) -
         "msdynmkt_contactpointconsenttype": PURPOSE_LEVEL if target.topic_id is None else TOPIC_LEVEL,
         "msdynmkt_source": SOURCE_LOADED,
         "msdynmkt_reason": reason,
-        "msdynmkt_purposeid@odata.bind": f"/msdynmkt_purposes({target.purpose_id})",
+        "msdynmkt_purposeId@odata.bind": f"/msdynmkt_purposes({target.purpose_id})",
     }
     if target.topic_id is not None:
-        body["msdynmkt_topicid@odata.bind"] = f"/msdynmkt_topics({target.topic_id})"
+        body["msdynmkt_topicId@odata.bind"] = f"/msdynmkt_topics({target.topic_id})"
     return body
 
 

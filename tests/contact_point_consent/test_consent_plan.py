@@ -45,9 +45,9 @@ def test_missing_rows_are_created_with_their_lookups_and_our_marker() -> None:
         "msdynmkt_contactpointconsenttype": 534120000,  # a purpose row
         "msdynmkt_source": 534120003,  # Loaded
         "msdynmkt_reason": DIDOMI_REASON,
-        "msdynmkt_purposeid@odata.bind": f"/msdynmkt_purposes({NEWSLETTER})",
+        "msdynmkt_purposeId@odata.bind": f"/msdynmkt_purposes({NEWSLETTER})",
     }
-    assert topic.body["msdynmkt_topicid@odata.bind"] == f"/msdynmkt_topics({WEEKLY})"
+    assert topic.body["msdynmkt_topicId@odata.bind"] == f"/msdynmkt_topics({WEEKLY})"
     assert topic.value == OPTED_OUT
 
 

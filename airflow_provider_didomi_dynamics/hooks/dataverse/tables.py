@@ -62,13 +62,13 @@ CONTACT = Table("contact", "contacts", "contactid")
 # Customer Insights - Journeys: consent per contact point and purpose or topic (version 4; 2 and 3 are legacy).
 PURPOSE = Table("msdynmkt_purpose", "msdynmkt_purposes", "msdynmkt_purposeid")
 TOPIC = Table(
-    "msdynmkt_topic", "msdynmkt_topics", "msdynmkt_topicid", lookups={"msdynmkt_purposeid": "msdynmkt_purposes"}
+    "msdynmkt_topic", "msdynmkt_topics", "msdynmkt_topicid", lookups={"msdynmkt_purposeId": "msdynmkt_purposes"}
 )
 CONTACT_POINT_CONSENT = Table(
     "msdynmkt_contactpointconsent4",
     "msdynmkt_contactpointconsent4s",
     "msdynmkt_contactpointconsent4id",
-    lookups={"msdynmkt_purposeid": "msdynmkt_purposes", "msdynmkt_topicid": "msdynmkt_topics"},
+    lookups={"msdynmkt_purposeId": "msdynmkt_purposes", "msdynmkt_topicId": "msdynmkt_topics"},
 )
 
 

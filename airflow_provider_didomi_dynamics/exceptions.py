@@ -111,6 +111,10 @@ class ConsentRecordError(DidomiDynamicsError, ValueError):
         )
 
 
+class NotBuiltError(DidomiDynamicsError):
+    """A combination the provider does not do yet: said at once, before anything is read or written."""
+
+
 class EventFieldError(DidomiDynamicsError, ValueError):
     """A field that no consent event can carry (read-only, vendor, or a value of the wrong type)."""
 
@@ -250,6 +254,7 @@ __all__ = [
     "InputError",
     "MalformedUserError",
     "MissingColumnError",
+    "NotBuiltError",
     "ParamError",
     "PreflightError",
     "Problem",

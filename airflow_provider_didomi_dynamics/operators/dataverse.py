@@ -18,6 +18,7 @@ from airflow_provider_didomi_dynamics.core.coerce import flag, guid_list
 from airflow_provider_didomi_dynamics.core.config import IntegrationConfig, Target, load_config
 from airflow_provider_didomi_dynamics.core.report import RunReport, enforce_failure_threshold
 from airflow_provider_didomi_dynamics.core.windows import DEFAULT_LOOKBACK, SyncWindow, resolve_window
+from airflow_provider_didomi_dynamics.exceptions import NotBuiltError
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
 from airflow_provider_didomi_dynamics.operators.fail_fast import fails_fast
@@ -216,6 +217,12 @@ class DataversePullContactsOperator(BaseOperator):
     @fails_fast
     def execute(self, context: Any) -> pd.DataFrame:
         config = load_config(self.config)
+        if config.target is Target.CONTACT_POINT_CONSENT:
+            raise NotBuiltError(
+                "dynamics_to_didomi: the reverse direction of target contact_point_consent (consent rows changed in "
+                "Dynamics -> Didomi events) is not built yet; nothing was read or sent. Pause this DAG, or use "
+                'target "contact" for a two-way sync.'
+            )
         targeted = guid_list(self.contact_ids)
         window = None if targeted else self.window(context if isinstance(context, Mapping) else {})
         hook = DataverseHook.for_config(self.dataverse_conn_id, config)

@@ -122,3 +122,20 @@ def test_an_unknown_purpose_fails_the_push_at_once_naming_the_mapping(
     out, err = capfd.readouterr()
     assert "mappings[1]: no Purpose record named 'marketing' in Dataverse" in out + err
     assert consent_rows(sync) == []
+
+
+def test_the_reverse_dag_says_its_contact_point_consent_direction_is_not_built(
+    sync: Sync, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Not silently nothing: the reverse run fails at once with what to do, and sends no event."""
+    sync.seed(users=20)
+    seed_consent_catalogue(sync.dataverse, DEMO_CATALOGUE)
+    configure(sync, upsert_mode=False)
+    events_before = len(sync.didomi.events())
+
+    result = sync.reverse(full_sync=True)
+
+    assert result.task_states["pull_contacts"] == "failed"
+    out, err = capfd.readouterr()
+    assert "the reverse direction of target contact_point_consent" in out + err
+    assert len(sync.didomi.events()) == events_before

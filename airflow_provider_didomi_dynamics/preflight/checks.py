@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from airflow_provider_didomi_dynamics.core.config import IntegrationConfig
+from airflow_provider_didomi_dynamics.core.config import IntegrationConfig, Target
 from airflow_provider_didomi_dynamics.core.grammar import FieldKind, FieldRef
 from airflow_provider_didomi_dynamics.preflight.columns import attribute_checks
+from airflow_provider_didomi_dynamics.preflight.consent import consent_checks, consent_privileges
 from airflow_provider_didomi_dynamics.preflight.facts import (
     SYSTEM_ADMINISTRATOR,
     WEBHOOK_NAME_PREFIX,
@@ -51,7 +52,10 @@ def judge(
     else:
         checks.append(Check("Didomi connection", OK, f"{didomi.connected_as} (token and first page of users work)."))
     scan = didomi.scan if not didomi.scan_error else None
-    if not dataverse.connection_error:
+    if not dataverse.connection_error and config.target is Target.CONTACT_POINT_CONSENT:
+        checks.extend(privilege_checks(config, dataverse, check_webhook))
+        checks.extend(consent_checks(config, dataverse))
+    elif not dataverse.connection_error:
         checks.extend(privilege_checks(config, dataverse, check_webhook))
         checks.extend(attribute_checks(config, dataverse, scan))
         checks.append(alternate_key_check(config, dataverse))
@@ -64,6 +68,8 @@ def judge(
 def required_sync_privileges(config: IntegrationConfig) -> list[str]:
     """What the sync DAGs need: read always; write and the bulk lookup when anything flows to Dynamics."""
     needed = ["prvReadContact"]
+    if config.target is Target.CONTACT_POINT_CONSENT:
+        return [*needed, *consent_privileges(config)]
     if config.forward_mappings:
         needed += ["prvWriteContact", "prvReadSdkMessage"]
         if config.upsert_mode:

@@ -14,8 +14,8 @@ from typing import Any
 
 import requests
 
-from airflow_provider_didomi_dynamics.core.config import IntegrationConfig
-from airflow_provider_didomi_dynamics.exceptions import DidomiDynamicsError, is_retryable
+from airflow_provider_didomi_dynamics.core.config import IntegrationConfig, Target
+from airflow_provider_didomi_dynamics.exceptions import ApiError, ConsentRecordError, DidomiDynamicsError, is_retryable
 from airflow_provider_didomi_dynamics.preflight.wording import (
     dataverse_connection_problem,
     describe_error,
@@ -74,6 +74,14 @@ class DataverseFacts:
     keys_error: str | None = None
     bulk_messages: set[str] | None = None
     bulk_error: str | None = None
+    # target contact_point_consent: the Journeys table, the mapped records, its bulk messages
+    consent_table: bool | None = None
+    consent_table_error: str | None = None
+    consent_records: dict[str, int] | None = None  # {"purposes": n, "topics": m} resolved
+    consent_problems: list[str] | None = None  # mappings whose record is missing or ambiguous
+    consent_records_error: str | None = None
+    consent_bulk: set[str] | None = None
+    consent_bulk_error: str | None = None
     # Facts ("connection", "attributes", ...) whose read failed in a way that may pass later.
     transient: set[str] = field(default_factory=set)
 
@@ -180,6 +188,11 @@ def gather_dataverse(hook: Any, config: IntegrationConfig, check_webhook: bool) 
     def bulk() -> None:
         facts.bulk_messages = hook.bulk_messages(BULK_MESSAGES, "contact")
 
+    if config.target is Target.CONTACT_POINT_CONSENT:
+        attempt("privileges", privileges)
+        attempt("roles", roles)
+        gather_consent(hook, config, facts, attempt)
+        return facts
     attempt("privileges", privileges)
     attempt("roles", roles)
     if check_webhook or (facts.roles is not None and SYSTEM_ADMINISTRATOR in facts.roles):
@@ -188,6 +201,43 @@ def gather_dataverse(hook: Any, config: IntegrationConfig, check_webhook: bool) 
     attempt("keys", keys)
     attempt("bulk", bulk)
     return facts
+
+
+def gather_consent(
+    hook: Any, config: IntegrationConfig, facts: DataverseFacts, attempt: Callable[[str, Callable[[], None]], None]
+) -> None:
+    """Does the org have the Journeys consent table, do the mapped Purposes and Topics exist, bulk messages?"""
+    from airflow_provider_didomi_dynamics.hooks.dataverse.tables import CONTACT_POINT_CONSENT
+    from airflow_provider_didomi_dynamics.sync.push_contact_point_consent import consent_records, resolve_targets
+
+    def table() -> None:
+        try:
+            hook.get_attributes(CONTACT_POINT_CONSENT)
+        except ApiError as err:
+            if err.status_code != 404:
+                raise
+            facts.consent_table = False
+            return
+        facts.consent_table = True
+
+    def records() -> None:
+        try:
+            targets = resolve_targets(hook, consent_records(config))
+        except ConsentRecordError as err:
+            facts.consent_problems = err.problems
+            return
+        facts.consent_records = {
+            "purposes": len({t.purpose_id for t in targets if t.topic_id is None}),
+            "topics": len({t.topic_id for t in targets if t.topic_id is not None}),
+        }
+
+    def bulk() -> None:
+        facts.consent_bulk = hook.bulk_messages(("CreateMultiple", "UpdateMultiple"), CONTACT_POINT_CONSENT)
+
+    attempt("consent_table", table)
+    if facts.consent_table:
+        attempt("consent_records", records)
+        attempt("consent_bulk", bulk)
 
 
 def attribute_infos(hook: Any, config: IntegrationConfig) -> dict[str, AttributeInfo]:

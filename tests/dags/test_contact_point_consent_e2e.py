@@ -109,7 +109,7 @@ def test_upsert_mode_creates_the_contact_first_then_its_consent_rows(sync: Sync)
     assert decided <= addresses
 
 
-def test_an_unknown_purpose_fails_the_push_at_once_naming_the_mapping(
+def test_an_unknown_purpose_fails_preflight_at_once_naming_the_mapping(
     sync: Sync, capfd: pytest.CaptureFixture[str]
 ) -> None:
     sync.seed(users=20)
@@ -118,10 +118,27 @@ def test_an_unknown_purpose_fails_the_push_at_once_naming_the_mapping(
 
     result = sync.forward(full_sync=True)
 
-    assert result.task_states["push_contacts"] == "failed"
+    assert result.task_states["preflight"] == "failed"
+    assert result.task_states["push_contacts"] == "upstream_failed"
     out, err = capfd.readouterr()
+    assert "Consent records" in out + err
     assert "mappings[1]: no Purpose record named 'marketing' in Dataverse" in out + err
     assert consent_rows(sync) == []
+
+
+def test_preflight_for_contact_point_consent_checks_the_journeys_table_records_and_privileges(sync: Sync) -> None:
+    sync.seed(users=20)
+    seed_consent_catalogue(sync.dataverse, DEMO_CATALOGUE)
+    configure(sync, upsert_mode=True)
+
+    result = sync.forward(full_sync=True)
+
+    assert result.state == "success", result.task_states
+    checks = {check["name"]: check for check in result.value("preflight")["checks"]}
+    assert checks["Contact Point Consent table"]["status"] == "ok"
+    assert checks["Consent records"]["message"] == "Every mapped record resolves: 2 Purpose(s), 1 Topic(s)."
+    assert "prvCreatemsdynmkt_contactpointconsent4" in checks["Sync privileges"]["message"]
+    assert checks["Consent bulk messages"]["status"] == "ok"
 
 
 def test_the_reverse_dag_says_its_contact_point_consent_direction_is_not_built(

@@ -156,3 +156,28 @@ def test_the_reverse_dag_says_its_contact_point_consent_direction_is_not_built(
     out, err = capfd.readouterr()
     assert "the reverse direction of target contact_point_consent" in out + err
     assert len(sync.didomi.events()) == events_before
+
+
+def test_a_lost_create_answer_and_a_503_never_duplicate_a_consent_row(sync: Sync) -> None:
+    """The create commits but its answer is lost; later a batch meets 503s: re-read, retry, re-run, no duplicate."""
+    sync.seed(users=200)
+    seed_consent_catalogue(sync.dataverse, DEMO_CATALOGUE)
+    configure(sync, upsert_mode=False)
+    consent_set = "msdynmkt_contactpointconsent4s/Microsoft.Dynamics.CRM.CreateMultiple"
+    sync.dataverse.faults.arm("lost_response", 1, path_contains=consent_set, method="POST")
+    sync.dataverse.faults.arm("status", 2, status=503, path_contains=consent_set, method="POST")
+
+    first = sync.forward(full_sync=True)
+    second = sync.forward(full_sync=True)  # a re-run, as an on-call engineer clears the task
+
+    assert second.state == "success", (first.task_states, second.task_states)
+    assert sync.dataverse.faults.fired["lost_response"] == 1
+    keys = Counter(
+        (r["msdynmkt_contactpointvalue"].casefold(), r["_msdynmkt_purposeid_value"], r.get("_msdynmkt_topicid_value"))
+        for r in consent_rows(sync)
+    )
+    assert keys and max(keys.values()) == 1, "a consent row is duplicated"
+    assert {k: v for k, v in by_record(sync).items() if k[1] in ("newsletter", "marketing")} == expected(
+        sync, with_contact_only=True
+    )
+    assert "failed" not in counts(push_report(second, "push_contacts"))

@@ -186,6 +186,7 @@ def run(endpoints: dict[str, Any], users: int, baseline_rows: int) -> int:
     )
     print(f"push:     {rows:,} rows in {elapsed:.2f} s = {rows_per_s:,.0f} rows/s ({figures['capacity_fraction']:.0%})")
     print(f"          {report['summary']}; {report['http_requests']} requests, {report['throttled_429']} x 429")
+    print(f"          seconds by phase: {report.get('seconds_by_phase')}")
     print(f"baseline: {baseline_rows_per_s:,.1f} rows/s; ratio {figures['ratio']:,}x")
     print(f"read back: {lost} lost, {duplicated} duplicated")
     targets = {

@@ -100,12 +100,14 @@ def plan_consents(
     existing: Iterable[Mapping[str, Any]],
     null_values: NullValues = NullValues.SKIP,
     reason: str = DIDOMI_REASON,
+    planned: set[RowKey] | None = None,
 ) -> ConsentPlan:
     """Plan one push.
 
     ``users``: rows with ``organization_user_id`` and one column per target (true / false / null).
     ``contact_points``: organization_user_id -> contact point type -> value (the matched contact's e-mail or phone;
     a user missing here has no contact). ``existing``: the consent rows Dataverse holds for those contact points.
+    ``planned``: row keys earlier plans of the same run already write (a push planned in chunks shares one set).
     """
     plan = ConsentPlan()
     current: dict[RowKey, Mapping[str, Any]] = {}
@@ -113,7 +115,7 @@ def plan_consents(
         key = existing_key(row)
         if key is not None:
             current.setdefault(key, row)
-    planned: set[RowKey] = set()
+    planned = set() if planned is None else planned
     for user in users:
         user_id = text_or_none(user.get("organization_user_id"))
         if user_id is None:

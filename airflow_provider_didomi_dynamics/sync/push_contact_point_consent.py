@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,7 @@ class ConsentPushOptions:
     null_values: NullValues = NullValues.SKIP
     dry_run: bool = False
     reason: str = DIDOMI_REASON
+    plan_chunk_users: int = 5_000  # users read and planned at a time, while earlier chunks are written
 
 
 def consent_records(config: IntegrationConfig) -> list[ConsentRecord]:
@@ -206,50 +208,91 @@ def push_contact_point_consents(
     """One push; every (user, mapped record) pair ends created / updated / unchanged / skipped / failed."""
     started = time.monotonic()
     report = RunReport("push_contact_point_consent", dry_run=options.dry_run)
+    phases: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        phases[name] = round(now - mark, 3)
+        mark = now
+
     targets = resolve_targets(hook, records)
+    phase("resolve")
     user_ids = list(dict.fromkeys(str(u["organization_user_id"]) for u in users if u.get("organization_user_id")))
-    points = contact_points_for(hook, user_ids, key_attribute, attributes, options, report)
     types = {t.contact_point_type for t in targets}
-    rows = existing_rows(hook, (v for by_type in points.values() for t, v in by_type.items() if t in types and v))
-    plan = plan_consents(users, points, targets, rows, options.null_values, options.reason)
-    report.extra["plan"] = plan.counts
-    for key in plan.unchanged:
-        report.add(key, Outcome.UNCHANGED)
-    for key, reason in plan.skipped:
-        report.add(key, Outcome.SKIPPED, reason)
-    if plan.warnings:
-        report.extra["warnings"] = [f"{key}: {why}" for key, why in plan.warnings[:40]]
-    if options.dry_run:
-        for write in plan.creates:
-            report.add(write.key, Outcome.CREATED, changes={"msdynmkt_value": write.value})
-        for write in plan.updates:
-            report.add(write.key, Outcome.UPDATED, changes={"msdynmkt_value": write.value})
-    else:
-        _write(hook, plan, options, report)
+    planned: set[Any] = set()
+    counts: Counter[str] = Counter()
+    writer = _Writer(hook, options) if not options.dry_run else None
+    try:
+        # Users in chunks: while one chunk's batches are written, the next chunk's contacts and rows are read.
+        size = max(1, options.plan_chunk_users)
+        chunk_of = {uid: index // size for index, uid in enumerate(user_ids)}
+        chunks: list[list[Mapping[str, Any]]] = [[] for _ in range(-(-len(user_ids) // size))]
+        for user in users:
+            uid = str(user.get("organization_user_id") or "")
+            if uid in chunk_of:
+                chunks[chunk_of[uid]].append(user)
+        for number, chunk in enumerate(chunks):
+            chunk_ids = user_ids[number * size : (number + 1) * size]
+            points = contact_points_for(hook, chunk_ids, key_attribute, attributes, options, report)
+            addresses = (v for by_type in points.values() for t, v in by_type.items() if t in types and v)
+            rows = existing_rows(hook, addresses)
+            plan = plan_consents(chunk, points, targets, rows, options.null_values, options.reason, planned)
+            counts.update(plan.counts)
+            for key in plan.unchanged:
+                report.add(key, Outcome.UNCHANGED)
+            for key, reason in plan.skipped:
+                report.add(key, Outcome.SKIPPED, reason)
+            if plan.warnings:
+                warnings = report.extra.setdefault("warnings", [])
+                warnings.extend(f"{key}: {why}" for key, why in plan.warnings[: max(0, 40 - len(warnings))])
+            if writer is None:
+                for write in plan.creates:
+                    report.add(write.key, Outcome.CREATED, changes={"msdynmkt_value": write.value})
+                for write in plan.updates:
+                    report.add(write.key, Outcome.UPDATED, changes={"msdynmkt_value": write.value})
+            else:
+                writer.submit(plan)
+        phase("read_and_plan")
+    finally:
+        if writer is not None:
+            report.rows.extend(writer.finish())
+    phase("write")
+    report.extra["plan"] = {name: counts.get(name, 0) for name in ("create", "update", "unchanged", "skipped")}
+    report.extra["seconds_by_phase"] = phases  # where a slow run spent its time
     report.seconds = time.monotonic() - started
     report.http_requests, report.throttled_429 = hook.stats.requests, hook.stats.throttled_429
     log.info("%s", report.summary())
     return report
 
 
-def _write(hook: DataverseHook, plan: ConsentPlan, options: ConsentPushOptions, report: RunReport) -> None:
-    """Batches in parallel, as many as the hook's parallelism (Dataverse's recommended degree, capped): the pacer
-    and the 429 gate keep them within the service-protection budget."""
-    from concurrent.futures import ThreadPoolExecutor
+class _Writer:
+    """Batches of every chunk's plan, written in parallel (the hook's parallelism: Dataverse's recommended degree,
+    capped); the pacer and the 429 gate keep them within the service-protection budget."""
 
-    jobs: list[tuple[list[PlannedConsent], Outcome, Callable[[list[PlannedConsent]], None]]] = []
-    for start in range(0, len(plan.creates), options.batch_size):
-        jobs.append((plan.creates[start : start + options.batch_size], Outcome.CREATED, _create(hook)))
-    for start in range(0, len(plan.updates), options.batch_size):
-        jobs.append((plan.updates[start : start + options.batch_size], Outcome.UPDATED, _update(hook)))
-    if not jobs:
-        return
-    results: list[RunReport] = []
-    with ThreadPoolExecutor(max_workers=max(1, min(hook.parallelism, len(jobs))), thread_name_prefix="cpc") as pool:
-        for part in pool.map(lambda job: _settled(hook, *job), jobs):
-            results.append(part)
-    for part in results:  # in plan order, whatever order the batches finished in
-        report.rows.extend(part.rows)
+    def __init__(self, hook: DataverseHook, options: ConsentPushOptions) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.hook, self.options = hook, options
+        self.pool = ThreadPoolExecutor(max_workers=max(1, hook.parallelism), thread_name_prefix="cpc")
+        self.futures: list[Any] = []
+
+    def submit(self, plan: ConsentPlan) -> None:
+        size = self.options.batch_size
+        for start in range(0, len(plan.creates), size):
+            batch = plan.creates[start : start + size]
+            self.futures.append(self.pool.submit(_settled, self.hook, batch, Outcome.CREATED, _create(self.hook)))
+        for start in range(0, len(plan.updates), size):
+            batch = plan.updates[start : start + size]
+            self.futures.append(self.pool.submit(_settled, self.hook, batch, Outcome.UPDATED, _update(self.hook)))
+
+    def finish(self) -> list[Any]:
+        """Every written row's result, in plan order, once all batches are done."""
+        try:
+            return [row for future in self.futures for row in future.result().rows]
+        finally:
+            self.pool.shutdown(wait=True)
 
 
 def _settled(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -165,33 +165,18 @@ class Queries(Contacts):
         """One page of a contact query; ``state`` is the decoded paging cookie of the previous page."""
         with self._lock:
             by_web = self._by_web
-            order: list[tuple[Callable[[dict[str, Any]], Any], str, bool]] = []
-            for name, desc in orderby:
-                meta = by_web.get(name)
-                if meta is None:
-                    raise E.unknown_property(name)
-                order.append((itemgetter_or_none(meta.web_name), meta.kind, desc))
-            if not any(name == PRIMARY_ID for name, _ in orderby):
-                order.append((itemgetter_or_none(PRIMARY_ID), "guid", False))
-            after = None
-            delta_version = self._version if tracking else None
-            if state is not None:
-                after = key_from_json(state["k"])
-                if tracking:
-                    delta_version = state.get("v", delta_version)
-            page, last_key, count = run_query(
+            page, next_state, count, delta_version = ordered_page(
                 self.rows.values(),
+                by_web,
+                PRIMARY_ID,
+                orderby,
                 predicate=predicate,
-                order=order,
                 page_size=page_size,
-                after=after,
+                state=state,
                 with_count=with_count,
+                version=self._version if tracking else None,
+                unknown=E.unknown_property,
             )
-            next_state: dict[str, Any] | None = None
-            if last_key is not None:
-                next_state = {"k": key_to_json(last_key)}
-                if tracking:
-                    next_state["v"] = delta_version
             limited = count is not None and count > MAX_COUNT
             return QueryPage(
                 page,
@@ -222,3 +207,43 @@ class Queries(Contacts):
 
     def current_version(self) -> int:
         return self._version
+
+
+def ordered_page(
+    rows: Iterable[dict[str, Any]],
+    by_web: Mapping[str, Any],
+    primary: str,
+    orderby: list[tuple[str, bool]],
+    *,
+    predicate: Callable[[dict[str, Any]], bool] | None,
+    page_size: int,
+    state: dict[str, Any] | None,
+    with_count: bool,
+    version: int | None,
+    unknown: Callable[[str], Exception],
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None, int | None, int | None]:
+    """One page of any table: ``$orderby`` (then the primary id, so pages never overlap), the paging cookie, and the
+    change-tracking version it carries (``version`` None: no tracking). Returns page, next cookie, count, version."""
+    order: list[tuple[Callable[[dict[str, Any]], Any], str, bool]] = []
+    for name, desc in orderby:
+        meta = by_web.get(name)
+        if meta is None:
+            raise unknown(name)
+        order.append((itemgetter_or_none(meta.web_name), meta.kind, desc))
+    if not any(name == primary for name, _ in orderby):
+        order.append((itemgetter_or_none(primary), "guid", False))
+    after = None
+    delta_version = version
+    if state is not None:
+        after = key_from_json(state["k"])
+        if version is not None:
+            delta_version = state.get("v", delta_version)
+    page, last_key, count = run_query(
+        rows, predicate=predicate, order=order, page_size=page_size, after=after, with_count=with_count
+    )
+    next_state: dict[str, Any] | None = None
+    if last_key is not None:
+        next_state = {"k": key_to_json(last_key)}
+        if version is not None:
+            next_state["v"] = delta_version
+    return page, next_state, count, delta_version

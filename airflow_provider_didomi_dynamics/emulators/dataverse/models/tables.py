@@ -25,16 +25,13 @@ from airflow_provider_didomi_dynamics.emulators.dataverse.models.metadata import
 from airflow_provider_didomi_dynamics.emulators.dataverse.models.queries import (
     MAX_COUNT,
     QueryPage,
-    itemgetter_or_none,
-    run_query,
+    ordered_page,
 )
 from airflow_provider_didomi_dynamics.emulators.dataverse.models.system_tables import _BIND_RE
 from airflow_provider_didomi_dynamics.emulators.dataverse.odata import (
     ODataError,
     Resolver,
     format_us,
-    key_from_json,
-    key_to_json,
     parse_datetime_us,
 )
 
@@ -459,33 +456,18 @@ class Tables(Bulk):
         with self._lock:
             table = self.table(name)
             primary = table.definition.primary_id
-            order: list[tuple[Callable[[dict[str, Any]], Any], str, bool]] = []
-            for col, desc in orderby:
-                meta = table.by_web.get(col)
-                if meta is None:
-                    raise E.unknown_property(col, table.name)
-                order.append((itemgetter_or_none(meta.web_name), meta.kind, desc))
-            if not any(col == primary for col, _ in orderby):
-                order.append((itemgetter_or_none(primary), "guid", False))
-            after = None
-            delta_version = self._version if tracking else None
-            if state is not None:
-                after = key_from_json(state["k"])
-                if tracking:
-                    delta_version = state.get("v", delta_version)
-            page, last_key, count = run_query(
+            page, next_state, count, delta_version = ordered_page(
                 table.rows.values(),
+                table.by_web,
+                primary,
+                orderby,
                 predicate=predicate,
-                order=order,
                 page_size=page_size,
-                after=after,
+                state=state,
                 with_count=with_count,
+                version=self._version if tracking else None,
+                unknown=lambda col: E.unknown_property(col, table.name),
             )
-            next_state: dict[str, Any] | None = None
-            if last_key is not None:
-                next_state = {"k": key_to_json(last_key)}
-                if tracking:
-                    next_state["v"] = delta_version
             return QueryPage(
                 page,
                 next_state,

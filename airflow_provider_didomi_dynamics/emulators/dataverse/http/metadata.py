@@ -118,17 +118,7 @@ class MetadataRoutes:
         if match is None:
             raise DataverseError(404, E.NOT_FOUND, f"Could not find attribute with key {sub_key}.")
         cast = sub_rest.removeprefix("Microsoft.Dynamics.CRM.") if sub_rest else None
-        options = {k: v for k, v in req.params.items() if k in ("$select", "$expand")}
-        views = self._attribute_views([match], cast, options)
-        if not views:
-            raise DataverseError(404, E.NOT_FOUND, f"The attribute {match.logical_name} is not a {cast}.")
-        view = views[0]
-        if cast is None and "$select" not in options:
-            view = match.to_json()
-            view.pop("OptionSet", None)
-        return Response.json(
-            200, {"@odata.context": f"{req.base}$metadata#EntityDefinitions/Attributes/$entity", **view}
-        )
+        return self._attribute_response(req, match, cast)
 
     def _entity_view(
         self, req: Request, entity: dict[str, Any], attributes: list[AttributeMeta] | None = None
@@ -160,6 +150,20 @@ class MetadataRoutes:
                     f"Could not find a property named '{name}' on type 'Microsoft.Dynamics.CRM.EntityMetadata'.",
                 )
         return out
+
+    def _attribute_response(self, req: Request, match: Any, cast: str | None) -> Response:
+        """One attribute's definition, as ``EntityDefinitions(...)/Attributes(...)`` answers it (cast or not)."""
+        options = {k: v for k, v in req.params.items() if k in ("$select", "$expand")}
+        views = self._attribute_views([match], cast, options)
+        if not views:
+            raise DataverseError(404, E.NOT_FOUND, f"The attribute {match.logical_name} is not a {cast}.")
+        view = views[0]
+        if cast is None and "$select" not in options:
+            view = match.to_json()
+            view.pop("OptionSet", None)
+        return Response.json(
+            200, {"@odata.context": f"{req.base}$metadata#EntityDefinitions/Attributes/$entity", **view}
+        )
 
     def _attribute_views(
         self, attrs: list[AttributeMeta], cast: str | None, options: dict[str, str]
@@ -237,17 +241,7 @@ class MetadataRoutes:
         if req.method != "GET":
             raise method_not_allowed(req.method)
         cast = rest.removeprefix("Microsoft.Dynamics.CRM.") if rest else None
-        options = {k: v for k, v in req.params.items() if k in ("$select", "$expand")}
-        views = self._attribute_views([match], cast, options)
-        if not views:
-            raise DataverseError(404, E.NOT_FOUND, f"The attribute {match.logical_name} is not a {cast}.")
-        view = views[0]
-        if cast is None and "$select" not in options:
-            view = match.to_json()
-            view.pop("OptionSet", None)
-        return Response.json(
-            200, {"@odata.context": f"{req.base}$metadata#EntityDefinitions/Attributes/$entity", **view}
-        )
+        return self._attribute_response(req, match, cast)
 
     def _keys(self, req: Request, key: str | None) -> Response:
         model = self.model

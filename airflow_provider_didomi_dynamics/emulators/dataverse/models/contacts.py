@@ -202,22 +202,11 @@ class Contacts(Webhooks):
             values.pop(PRIMARY_ID, None)
             if cid in self.rows:
                 raise DataverseError(412, E.DUPLICATE_KEY, "Cannot insert duplicate key.")
-            now, version = self._stamp()
-            user = caller.user.systemuserid
-            behalf = caller.app.user.systemuserid if caller.impersonating else None
             row = dict(self._new_row)
             row.update(values)
             row[PRIMARY_ID] = cid
             row["fullname"] = _fullname(row)
-            row["createdon"] = now
-            row["modifiedon"] = now
-            row["versionnumber"] = version
-            row["_createdby_value"] = user
-            row["_modifiedby_value"] = user
-            row["_createdonbehalfby_value"] = behalf
-            row["_modifiedonbehalfby_value"] = behalf
-            if row.get("_ownerid_value") is None:
-                row["_ownerid_value"] = user
+            stamp_created(row, *self._stamp(), caller)
             self._check_injected(row, values)
             self._put(cid, row, None)
             if self._steps.rows:
@@ -407,3 +396,22 @@ def _address_text(address: str | dict[str, Any]) -> str:
     if isinstance(address, str):
         return address
     return ",".join(f"{k}={v}" for k, v in address.items())
+
+
+def stamp_created(row: dict[str, Any], now: Any, version: int, caller: Caller) -> None:
+    """The audit, version and owner columns Dataverse sets on every created row of a user-owned table."""
+    user = caller.user.systemuserid
+    behalf = caller.app.user.systemuserid if caller.impersonating else None
+    row.update(
+        {
+            "createdon": now,
+            "modifiedon": now,
+            "versionnumber": version,
+            "_createdby_value": user,
+            "_modifiedby_value": user,
+            "_createdonbehalfby_value": behalf,
+            "_modifiedonbehalfby_value": behalf,
+        }
+    )
+    if row.get("_ownerid_value") is None:
+        row["_ownerid_value"] = user

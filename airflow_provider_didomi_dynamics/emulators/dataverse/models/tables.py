@@ -19,7 +19,7 @@ from typing import Any
 from airflow_provider_didomi_dynamics.emulators.dataverse import errors as E
 from airflow_provider_didomi_dynamics.emulators.dataverse.errors import DataverseError
 from airflow_provider_didomi_dynamics.emulators.dataverse.models.bulk import Bulk
-from airflow_provider_didomi_dynamics.emulators.dataverse.models.contacts import _check_etag, new_guid
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.contacts import _check_etag, new_guid, stamp_created
 from airflow_provider_didomi_dynamics.emulators.dataverse.models.identity import Caller
 from airflow_provider_didomi_dynamics.emulators.dataverse.models.metadata import AttributeMeta, label, stable_id
 from airflow_provider_didomi_dynamics.emulators.dataverse.models.queries import (
@@ -271,21 +271,10 @@ class Tables(Bulk):
             rid = rid.lower()
             if rid in table.rows:
                 raise DataverseError(412, E.DUPLICATE_KEY, "Cannot insert duplicate key.")
-            now, version = self._stamp()
-            user = caller.user.systemuserid
-            behalf = caller.app.user.systemuserid if caller.impersonating else None
             row = dict(table.new_row)
             row.update(values)
             row[definition.primary_id] = rid
-            row["createdon"] = now
-            row["modifiedon"] = now
-            row["versionnumber"] = version
-            row["_createdby_value"] = user
-            row["_modifiedby_value"] = user
-            row["_createdonbehalfby_value"] = behalf
-            row["_modifiedonbehalfby_value"] = behalf
-            if row.get("_ownerid_value") is None:
-                row["_ownerid_value"] = user
+            stamp_created(row, *self._stamp(), caller)
             self._require_lookups(table, row)
             table.rows[rid] = row
             self._journal_put(table, rid, None)

@@ -18,10 +18,10 @@ from airflow_provider_didomi_dynamics.core.coerce import flag, guid_list
 from airflow_provider_didomi_dynamics.core.config import IntegrationConfig, Target, load_config
 from airflow_provider_didomi_dynamics.core.report import RunReport, enforce_failure_threshold
 from airflow_provider_didomi_dynamics.core.windows import DEFAULT_LOOKBACK, SyncWindow, resolve_window
-from airflow_provider_didomi_dynamics.exceptions import NotBuiltError
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
 from airflow_provider_didomi_dynamics.operators.fail_fast import fails_fast
+from airflow_provider_didomi_dynamics.sync.pull_contact_point_consent import pull_consent_changes
 from airflow_provider_didomi_dynamics.sync.pull_contacts import pull_contacts
 from airflow_provider_didomi_dynamics.sync.push_contact_point_consent import push_contact_point_consents_for
 from airflow_provider_didomi_dynamics.sync.push_contacts import PushOptions, push_contacts
@@ -174,6 +174,11 @@ class DataversePullContactsOperator(BaseOperator):
     end; otherwise the last ``lookback``. ``contact_ids`` pulls just those contacts (a targeted re-sync, e.g. from
     the Dynamics webhook; window ignored). Rows last modified by our own application user (WhoAmI) are always left
     out unless ``include_own_writes``, so what the push wrote never comes back to Didomi.
+
+    With ``properties.target: contact_point_consent`` it reads Contact Point Consent rows instead (same window rules;
+    rows carrying our ``msdynmkt_reason`` marker are left out too), each tied to its Didomi user through the contact
+    holding the contact point (``sync/pull_contact_point_consent.py``); ``contact_ids`` then means those contacts'
+    contact points.
     """
 
     template_fields: Sequence[str] = ("config", "since", "until", "full_sync", "contact_ids", "dataverse_conn_id")
@@ -217,17 +222,12 @@ class DataversePullContactsOperator(BaseOperator):
     @fails_fast
     def execute(self, context: Any) -> pd.DataFrame:
         config = load_config(self.config)
-        if config.target is Target.CONTACT_POINT_CONSENT:
-            raise NotBuiltError(
-                "dynamics_to_didomi: the reverse direction of target contact_point_consent (consent rows changed in "
-                "Dynamics -> Didomi events) is not built yet; nothing was read or sent. Pause this DAG, or use "
-                'target "contact" for a two-way sync.'
-            )
         targeted = guid_list(self.contact_ids)
         window = None if targeted else self.window(context if isinstance(context, Mapping) else {})
         hook = DataverseHook.for_config(self.dataverse_conn_id, config)
+        pull = pull_consent_changes if config.target is Target.CONTACT_POINT_CONSENT else pull_contacts
         try:
-            return pull_contacts(
+            return pull(
                 hook,
                 config,
                 window,

@@ -11,10 +11,11 @@ from typing import Any
 import pandas as pd
 from airflow.sdk import BaseOperator, Context
 
-from airflow_provider_didomi_dynamics.core.config import IntegrationConfig, load_config
+from airflow_provider_didomi_dynamics.core.config import IntegrationConfig, Target, load_config
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 from airflow_provider_didomi_dynamics.mapping.forward import forward_map
 from airflow_provider_didomi_dynamics.mapping.reverse import reverse_map
+from airflow_provider_didomi_dynamics.mapping.reverse_consent import reverse_consent_map
 from airflow_provider_didomi_dynamics.operators.fail_fast import fails_fast
 from airflow_provider_didomi_dynamics.sync.pull_contacts import column_defaults
 
@@ -92,6 +93,8 @@ class ReverseConsentMappingOperator(BaseOperator):
     def execute(self, context: Context) -> pd.DataFrame:
         config = load_config(self.config)
         frame = self.contacts if isinstance(self.contacts, pd.DataFrame) else pd.DataFrame()
+        if config.target is Target.CONTACT_POINT_CONSENT:
+            return self.consent_rows(frame, config, context)
         defaults = self.column_defaults(config) if len(frame) and config.reverse_mappings else {}
         events = reverse_map(frame, config, defaults)
         self.log.info(
@@ -110,3 +113,19 @@ class ReverseConsentMappingOperator(BaseOperator):
             },
         )
         return events
+
+    def consent_rows(self, frame: pd.DataFrame, config: IntegrationConfig, context: Context) -> pd.DataFrame:
+        """Target contact_point_consent: changed consent rows -> one change per Didomi user (and skipped rows)."""
+        changes = reverse_consent_map(frame, config)
+        skipped = int(changes["skip_reason"].notna().sum())
+        self.log.info(
+            "rebuilt %d consent change(s) from %d consent row(s); %d row(s) cannot be sent (the push reports why)",
+            len(changes) - skipped,
+            len(frame),
+            skipped,
+        )
+        context["ti"].xcom_push(
+            key="mapping_report",
+            value={"consent_rows": len(frame), "events": len(changes) - skipped, "skipped": skipped},
+        )
+        return changes

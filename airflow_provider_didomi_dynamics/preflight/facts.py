@@ -222,7 +222,7 @@ def gather_consent(
 
     def records() -> None:
         try:
-            targets = resolve_targets(hook, consent_records(config))
+            targets = resolve_targets(hook, consent_records(config, config.consent_mappings))
         except ConsentRecordError as err:
             facts.consent_problems = err.problems
             return

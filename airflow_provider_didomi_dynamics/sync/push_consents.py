@@ -131,6 +131,12 @@ def read_rows(events: Any, report: RunReport, queued: Sequence[Mapping[str, Any]
         is_queued = position < len(queued)
         key = text_or_none(record.get("organization_user_id"))
         contactid = text_or_none(record.get("contactid"))
+        skip_reason = text_or_none(record.get("skip_reason"))
+        if skip_reason is not None:  # the reverse mapping could not turn this row into a change (it says why)
+            report.add(
+                text_or_none(record.get("label")) or key or contactid or f"row {position}", Outcome.SKIPPED, skip_reason
+            )
+            continue
         if key is None:
             report.add(contactid or f"row {position}", Outcome.SKIPPED, "no organization_user_id")
             continue

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_didomi_dynamics.core.config import ConsentKind, IntegrationConfig, NullValues
+from airflow_provider_didomi_dynamics.core.config import ConsentKind, ConsentMapping, IntegrationConfig, NullValues
 from airflow_provider_didomi_dynamics.core.report import Outcome, RunReport
 from airflow_provider_didomi_dynamics.exceptions import AmbiguousWriteError, ApiError, ConsentRecordError
 from airflow_provider_didomi_dynamics.hooks.dataverse import CONTACT, DataverseHook, in_filter
@@ -63,10 +63,10 @@ class ConsentPushOptions:
     plan_chunk_users: int = 5_000  # users read and planned at a time, while earlier chunks are written
 
 
-def consent_records(config: IntegrationConfig) -> list[ConsentRecord]:
-    """The config's forward consent mappings as the records to resolve; a topic carries its purpose's record."""
+def consent_records(config: IntegrationConfig, mappings: Sequence[ConsentMapping] | None = None) -> list[ConsentRecord]:
+    """Consent mappings (default: the forward ones) as the records to resolve; a topic carries its purpose's record."""
     records: list[ConsentRecord] = []
-    for mapping in config.forward_consent_mappings:
+    for mapping in config.forward_consent_mappings if mappings is None else mappings:
         topic = mapping.kind is ConsentKind.TOPIC
         records.append(
             ConsentRecord(

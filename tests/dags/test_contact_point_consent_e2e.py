@@ -141,23 +141,6 @@ def test_preflight_for_contact_point_consent_checks_the_journeys_table_records_a
     assert checks["Consent bulk messages"]["status"] == "ok"
 
 
-def test_the_reverse_dag_says_its_contact_point_consent_direction_is_not_built(
-    sync: Sync, capfd: pytest.CaptureFixture[str]
-) -> None:
-    """Not silently nothing: the reverse run fails at once with what to do, and sends no event."""
-    sync.seed(users=20)
-    seed_consent_catalogue(sync.dataverse, DEMO_CATALOGUE)
-    configure(sync, upsert_mode=False)
-    events_before = len(sync.didomi.events())
-
-    result = sync.reverse(full_sync=True)
-
-    assert result.task_states["pull_contacts"] == "failed"
-    out, err = capfd.readouterr()
-    assert "the reverse direction of target contact_point_consent" in out + err
-    assert len(sync.didomi.events()) == events_before
-
-
 def test_a_lost_create_answer_and_a_503_never_duplicate_a_consent_row(sync: Sync) -> None:
     """The create commits but its answer is lost; later a batch meets 503s: re-read, retry, re-run, no duplicate."""
     sync.seed(users=200)

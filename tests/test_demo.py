@@ -20,7 +20,7 @@ def test_demo_runs_both_dags_end_to_end(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = done.stdout[done.stdout.index("Runs:") :].splitlines()
-    rows = {line.split("  ")[1].strip(): line.split() for line in table[3:8]}
+    rows = {line.split("  ")[1].strip(): line.split() for line in table[3:13]}
     # 600 users, every 100th without organization_user_id: 594 rows, 60% already contacts.
     first = next(v for k, v in rows.items() if k.startswith("1."))
     second = next(v for k, v in rows.items() if k.startswith("2."))
@@ -28,5 +28,14 @@ def test_demo_runs_both_dags_end_to_end(tmp_path: Path) -> None:
     assert first[-9:-3] == ["0", "360", "0", "0", "234", "0"]  # created, updated, sent, unchanged, skipped, failed
     assert second[-9:-3] == ["234", "0", "0", "360", "0", "0"]
     again = [v for k, v in rows.items() if "again" in k]
+    assert len(again) == 4
     assert all(v[-9:-6] == ["0", "0", "0"] for v in again), "the second cycle writes nothing (no echo)"
+    # Contact Point Consent: 12 new sign-ups skipped without upsert_mode, then their contacts and rows created
+    sixth = next(v for k, v in rows.items() if k.startswith("6."))
+    seventh = next(v for k, v in rows.items() if k.startswith("7."))
+    eighth = next(v for k, v in rows.items() if k.startswith("8."))
+    assert int(sixth[-9]) > 0 and sixth[-4] == "0"  # created, failed
+    assert int(seventh[-9]) > 0 and seventh[-4] == "0"
+    assert "run 7 created 12 contact(s) first" in done.stdout
+    assert eighth[-10] == "20" and eighth[-7] == "20", "the 20 preference-centre changes were not all sent"
     assert "demo finished" in done.stdout

@@ -4,7 +4,10 @@
 2. run ``didomi_to_dynamics`` with ``upsert_mode`` false (unknown users are skipped), then true (they are created);
 3. edit some contacts in Dynamics as a person would (a second application user, through the Web API);
 4. run ``dynamics_to_didomi``: those edits become Didomi consent events, and nothing echoes back;
-5. run both again: the second cycle writes nothing.
+5. run both again: the second cycle writes nothing;
+6. the same with target ``contact_point_consent`` (Customer Insights - Journeys' consent table), after some new
+   sign-ups in Didomi: forward with ``upsert_mode`` false (new users skipped) then true (their contacts created first),
+   a preference-centre change in Dynamics reaching Didomi, and a second cycle writing nothing.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_didomi_dynamics.emulators.runner import RunningEmulators
-from airflow_provider_didomi_dynamics.local import DEMO_CONFIG
+from airflow_provider_didomi_dynamics.local import DEMO_CONFIG, DEMO_CPC_CONFIG
 from airflow_provider_didomi_dynamics.local.testing import prepare_airflow_home, set_config_variable, set_connections
 
 EDITED_CONTACTS = 40
+EDITED_CONSENTS = 20
+PREFERENCE_CENTRE = 534120004  # msdynmkt_source "Preference Center"
+OPTED_IN, OPTED_OUT = 534120001, 534120002
 OUTCOMES = ("created", "updated", "sent", "unchanged", "skipped", "failed")
 
 
@@ -41,15 +47,12 @@ def report_row(name: str, report: dict[str, Any], seconds: float) -> dict[str, A
     return row
 
 
-def edit_contacts_as_a_person(endpoints: dict[str, Any], count: int) -> list[dict[str, Any]]:
-    """Change consent columns of some contacts through the Web API, as the emulator's 'editor' application user.
-
-    The reverse DAG then sees a person's change: modified by someone other than the sync's own application user.
-    """
+def editor_hook(endpoints: dict[str, Any]) -> Any:
+    """A Dataverse hook signed in as the emulator's 'editor' application user: someone other than the sync."""
     from airflow_provider_didomi_dynamics.core.config import Authentication, Secret
     from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 
-    editor = DataverseHook.from_config(
+    return DataverseHook.from_config(
         Authentication(
             client_id=endpoints["editor_client_id"],
             client_secret=Secret(endpoints["editor_client_secret"]),
@@ -59,6 +62,14 @@ def edit_contacts_as_a_person(endpoints: dict[str, Any], count: int) -> list[dic
         authority_host=endpoints["authority_host"],
         ca_bundle=endpoints["ca_file"],
     )
+
+
+def edit_contacts_as_a_person(endpoints: dict[str, Any], count: int) -> list[dict[str, Any]]:
+    """Change consent columns of some contacts through the Web API, as the emulator's 'editor' application user.
+
+    The reverse DAG then sees a person's change: modified by someone other than the sync's own application user.
+    """
+    editor = editor_hook(endpoints)
     rows = [r for page in editor.iter_rows("contacts", ["contactid", "emailaddress1", "donotbulkemail"]) for r in page]
     rows.sort(key=lambda r: r["emailaddress1"] or "")
     changed = []
@@ -67,6 +78,52 @@ def edit_contacts_as_a_person(endpoints: dict[str, Any], count: int) -> list[dic
         editor.update_multiple("contact", [{"contactid": row["contactid"], "donotbulkemail": new_value}])
         changed.append({"contact": row["emailaddress1"], "donotbulkemail": f"{row['donotbulkemail']} -> {new_value}"})
     return changed
+
+
+def change_consents_in_the_preference_centre(endpoints: dict[str, Any], count: int) -> list[dict[str, Any]]:
+    """Flip some newsletter consent rows through the Web API, as Journeys' preference centre writes them."""
+    from airflow_provider_didomi_dynamics.hooks.dataverse.tables import CONTACT_POINT_CONSENT, PURPOSE
+
+    editor = editor_hook(endpoints)
+    purposes = {
+        r["msdynmkt_name"]: r["msdynmkt_purposeid"]
+        for page in editor.iter_rows(PURPOSE, ["msdynmkt_purposeid", "msdynmkt_name"])
+        for r in page
+    }
+    columns = ["msdynmkt_contactpointconsent4id", "msdynmkt_contactpointvalue", "msdynmkt_value"]
+    newsletter = f"_msdynmkt_purposeid_value eq {purposes['newsletter']} and _msdynmkt_topicid_value eq null"
+    rows = [r for page in editor.iter_rows(CONTACT_POINT_CONSENT, columns, newsletter) for r in page]
+    rows.sort(key=lambda r: r["msdynmkt_contactpointvalue"] or "")
+    names = {OPTED_IN: "Opted In", OPTED_OUT: "Opted Out"}
+    changed = []
+    for row in rows[:count]:
+        value = OPTED_OUT if row["msdynmkt_value"] == OPTED_IN else OPTED_IN
+        body = {
+            "msdynmkt_contactpointconsent4id": row["msdynmkt_contactpointconsent4id"],
+            "msdynmkt_value": value,
+            "msdynmkt_source": PREFERENCE_CENTRE,
+            "msdynmkt_reason": "Preference centre",
+        }
+        editor.update_multiple(CONTACT_POINT_CONSENT, [body])
+        was = names.get(row["msdynmkt_value"], row["msdynmkt_value"])
+        changed.append({"contact point": row["msdynmkt_contactpointvalue"], "newsletter": f"{was} -> {names[value]}"})
+    return changed
+
+
+def new_signups(count: int) -> list[dict[str, Any]]:
+    """People who signed up in Didomi since the first cycle: no contact in Dynamics yet."""
+    return [
+        {
+            "organization_user_id": f"signup{index:04d}@example.com",
+            "consents": {
+                "purposes": [
+                    {"id": "newsletter", "enabled": index % 3 != 0, "values": {"frequency": {"value": "weekly"}}},
+                    {"id": "marketing", "enabled": index % 2 == 0},
+                ]
+            },
+        }
+        for index in range(count)
+    ]
 
 
 def main(workdir: Path = Path(".demo"), users: int = 5000, quiet_airflow: bool = True) -> int:
@@ -125,6 +182,19 @@ def main(workdir: Path = Path(".demo"), users: int = 5000, quiet_airflow: bool =
         run("4. Didomi -> Dynamics again", forward, "push_contacts", {"full_sync": True})
         run("5. Dynamics -> Didomi again", reverse, "push_consents", {"full_sync": True})
 
+        cpc = json.loads(DEMO_CPC_CONFIG.read_text())
+        cpc["authentication"] = config["authentication"]
+        running.didomi.model.add_users(new_signups(max(5, users // 50)))
+        set_config_variable(cpc)
+        run("6. Didomi -> consent rows, upsert_mode=false", forward, "push_contacts", {"full_sync": True})
+        cpc["upsert_mode"] = True
+        set_config_variable(cpc)
+        run("7. Didomi -> consent rows, upsert_mode=true", forward, "push_contacts", {"full_sync": True})
+        consents = change_consents_in_the_preference_centre(running.endpoints, EDITED_CONSENTS)
+        run("8. consent rows -> Didomi", reverse, "push_consents", {"full_sync": True})
+        run("9. Didomi -> consent rows again", forward, "push_contacts", {"full_sync": True})
+        run("10. consent rows -> Didomi again", reverse, "push_consents", {"full_sync": True})
+
         print_table(
             "Runs: every input row lands in exactly one outcome ('no key': left out, no organization_user_id)",
             runs,
@@ -141,5 +211,18 @@ def main(workdir: Path = Path(".demo"), users: int = 5000, quiet_airflow: bool =
         )
         sent = details["3. Dynamics -> Didomi"].get("sample_changes", [])[:5]
         print_table("Run 3: a sample of the consent events sent to Didomi", sent, ["key", "outcome", "changes"])
+        print(
+            "\nRuns 6-10: target contact_point_consent, one row per (contact point, purpose or topic) in "
+            "msdynmkt_contactpointconsent4; a row counts one (user, purpose or topic) pair"
+        )
+        seventh = details["7. Didomi -> consent rows, upsert_mode=true"]
+        print(f"  run 7 created {seventh.get('contacts_created', 0)} contact(s) first, then their consent rows")
+        print_table(
+            f"Step 8: {len(consents)} consents changed in the preference centre (first 5)",
+            consents[:5],
+            ["contact point", "newsletter"],
+        )
+        sent = details["8. consent rows -> Didomi"].get("sample_changes", [])[:5]
+        print_table("Run 8: a sample of the consent events sent to Didomi", sent, ["key", "outcome", "changes"])
         print(f"\ndemo finished in {time.monotonic() - started:.0f}s; the emulators are stopped.")
     return 0

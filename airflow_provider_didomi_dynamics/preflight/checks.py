@@ -293,17 +293,28 @@ def bulk_message_check(config: IntegrationConfig, facts: DataverseFacts) -> Chec
 
 def consent_id_checks(config: IntegrationConfig, didomi: DidomiFacts) -> list[Check]:
     """Mapped purposes, preferences, values and channels should occur in the organization's consent data."""
-    refs = [
-        (i, m)
+    kinds = (
+        FieldKind.PURPOSE_ENABLED,
+        FieldKind.PURPOSE_ENABLED_LI,
+        FieldKind.PREFERENCE_VALUES,
+        FieldKind.PREFERENCE_VALUE_ENABLED,
+        FieldKind.CHANNEL_ENABLED,
+    )
+    # (JSON path, Didomi column, its reference, what a misspelt id means for this mapping)
+    refs: list[tuple[str, str, FieldRef, str]] = [
+        (f"mappings[{i}].value", m.value, m.field, f"{m.attribute} is never filled")
         for i, m in enumerate(config.mappings)
-        if m.field.kind
-        in (
-            FieldKind.PURPOSE_ENABLED,
-            FieldKind.PURPOSE_ENABLED_LI,
-            FieldKind.PREFERENCE_VALUES,
-            FieldKind.PREFERENCE_VALUE_ENABLED,
-            FieldKind.CHANNEL_ENABLED,
+        if m.field.kind in kinds
+    ]
+    refs += [
+        (
+            f"{m.path}.value",
+            m.value,
+            m.field,
+            f"no {m.kind.value.capitalize()} row for {m.record.label} is ever written",
         )
+        for m in config.consent_mappings
+        if m.field.kind in kinds
     ]
     name = "Didomi consent ids"
     if not refs:
@@ -322,18 +333,17 @@ def consent_id_checks(config: IntegrationConfig, didomi: DidomiFacts) -> list[Ch
         ]
     checks: list[Check] = []
     seen: dict[str, list[str]] = {"purposes": [], "preferences": [], "channels": []}
-    for index, mapping in refs:
-        problem = _unknown_id(mapping.field, scan)
-        path = f"mappings[{index}].value"
+    for path, value, ref, consequence in refs:
+        problem = _unknown_id(ref, scan)
         if problem is None:
-            _note(seen, mapping.field)
+            _note(seen, ref)
             continue
         checks.append(
             Check(
                 path,
                 WARN,
-                f"{path} ({mapping.value}): {problem} in the consent data of {scan.describe()}. If the id is "
-                f"misspelt, {mapping.attribute} is never filled (and values written back are refused by Didomi); "
+                f"{path} ({value}): {problem} in the consent data of {scan.describe()}. If the id is "
+                f"misspelt, {consequence} (and values written back are refused by Didomi); "
                 "if it is simply new, ignore this. Compare with the ids in the Didomi console (Preference "
                 "management).",
             )

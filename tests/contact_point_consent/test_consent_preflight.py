@@ -32,3 +32,31 @@ def test_unresolved_records_fail_with_each_mappings_path() -> None:
     assert (table.status, records.status, bulk.status) == ("ok", "fail", "warn")
     assert records.message.startswith("mappings[0]: 2 Purpose records are named 'newsletter'")
     assert "UpdateMultiple not available" in bulk.message
+
+
+def test_a_misspelt_didomi_purpose_in_a_consent_mapping_is_flagged_with_its_path() -> None:
+    """The consent ids check reads the consent mappings too, not only the contact target's."""
+    from airflow_provider_didomi_dynamics.core.config import load_config
+    from airflow_provider_didomi_dynamics.preflight.checks import consent_id_checks
+    from airflow_provider_didomi_dynamics.preflight.facts import ConsentScan, DidomiFacts
+
+    config = load_config(
+        {
+            "type_id": "microsoft-dynamics",
+            "properties": {"target": "contact_point_consent"},
+            "mappings": [
+                {"id": "Newsletter", "value": "consents_purposes_newsletter_enabled"},
+                {"id": "Marketing", "value": "consents_purposes_marketting_enabled"},
+            ],
+        }
+    )
+    scan = ConsentScan()
+    scan.add_user(
+        {"organization_user_id": "a@x.com", "consents": {"purposes": [{"id": "newsletter", "enabled": True}]}}
+    )
+
+    checks = consent_id_checks(config, DidomiFacts(connected_as="Connected", scan=scan))
+
+    assert [(c.name, c.status) for c in checks] == [("mappings[1].value", "warn")]
+    assert "consents_purposes_marketting_enabled" in checks[0].message
+    assert 'no Purpose row for "Marketing" is ever written' in checks[0].message

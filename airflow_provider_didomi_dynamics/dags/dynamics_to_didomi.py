@@ -22,6 +22,10 @@ leaves out the rows last written by this integration's own application user (so 
 rebuilds Didomi consent events from the mapped attributes and sends only what differs from the Didomi user,
 with `$disable_integrations=true` so Didomi does not forward the change back to Dynamics.
 
+With `properties.target: contact_point_consent` the run reads Customer Insights - Journeys' Contact Point Consent
+rows instead (a preference centre's changes), leaves out rows carrying this integration's `msdynmkt_reason`, and ties
+each row to its Didomi user through the contact holding its e-mail address or phone number.
+
 **Conflicts**: when both sides changed, the newer change wins, field by field: for a Didomi user updated after the
 contact, Didomi's event history tells which fields Didomi changed later; those keep Didomi's value and the contact's
 other changes are sent (a row left with nothing to send is reported *skipped*, "Didomi changed later").

@@ -21,6 +21,7 @@ import pandas as pd
 import requests
 
 from airflow_provider_didomi_dynamics.core.config import IntegrationConfig
+from airflow_provider_didomi_dynamics.core.progress import Progress
 from airflow_provider_didomi_dynamics.core.report import Outcome, RunReport
 from airflow_provider_didomi_dynamics.exceptions import (
     AmbiguousWriteError,
@@ -232,6 +233,8 @@ class ContactPusher:
         running: dict[TaskKind, int] = {"lookup": 0, "update": 0, "create": 0, "upsert": 0}
         in_flight: dict[Future[_TaskResult], _Task] = {}
 
+        progress = Progress("push_contacts", log, total=len(rows), throttled=lambda: self.hook.stats.throttled_429)
+
         def submit(task: _Task) -> None:
             running[task.kind] += 1
             in_flight[pool.submit(self.run_task, task)] = task
@@ -256,6 +259,7 @@ class ContactPusher:
                     running[task.kind] -= 1
                     result = future.result()
                     self.record(result, report, plan, pending)
+                    progress.set(len(report.rows))
                     writes.extend(result.follow_ups)
                     if result.ok:  # every clean answer, a lookup's too, lets one more writer in
                         write_limit = min(writers, write_limit + 1)

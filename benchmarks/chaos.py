@@ -19,11 +19,16 @@ tasks of the same DAG run); a run that leaves failed rows is followed by the nex
 the invariants are checked (``check_*`` below): after each phase both pairs hold the same state; no contact key and
 no event appears twice; every row a task received is accounted for exactly once in its report and the counts add up.
 
-    python benchmarks/chaos.py [--scenarios 50] [--seed 1] [--users 150] [--workers 4] [--verbose]
+Every fourth seed (``seed % 4 == 3``) is a Contact Point Consent world instead (``properties.target:
+"contact_point_consent"``, forward direction only, on the chaos pair alone, checked against Didomi's own state:
+see "Contact Point Consent worlds" below); ``--target`` makes every world one kind.
+
+    python benchmarks/chaos.py [--scenarios 50] [--seed 1] [--users 150] [--workers 4] [--verbose] \
+        [--target mixed|contact|contact_point_consent]
 
 Prints one line per scenario, the faults injected by kind, every invariant violation, and ends with one JSON line
-``{"scenarios": ..., "faults": ..., "violations": ...}``. ``tests/chaos`` runs a few scenarios of this engine as
-part of the test suite; ``--scenarios 1 --seed S`` replays scenario ``S`` alone.
+``{"scenarios": ..., "by_target": ..., "faults": ..., "violations": ...}``. ``tests/chaos`` runs a few scenarios of
+this engine as part of the test suite; ``--scenarios 1 --seed S`` replays scenario ``S`` alone.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -52,6 +58,7 @@ from airflow_provider_didomi_dynamics.local import DEMO_CONFIG
 CONFIG_TEMPLATE_TEXT = DEMO_CONFIG.read_text()  # read once; parsed afresh for every environment
 FORWARD = "didomi_to_dynamics"
 REVERSE = "dynamics_to_didomi"
+CONTACT, CPC = "contact", "contact_point_consent"  # properties.target of a world
 PURPOSES: dict[str, dict[str, list[str]]] = {
     "newsletter": {"frequency": ["daily", "weekly", "monthly"]},
     "marketing": {},
@@ -120,6 +127,7 @@ class ScenarioResult:
     runs: int = 0
     seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
+    stats: Counter[str] = field(default_factory=Counter)  # CPC worlds: report outcomes over every run, rows held
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -129,6 +137,7 @@ class ScenarioResult:
             "runs": self.runs,
             "seconds": round(self.seconds, 2),
             "settings": self.settings,
+            "stats": dict(self.stats),
         }
 
 
@@ -166,10 +175,16 @@ class WorldData:
     edits: list[tuple[str, dict[str, Any]]]  # (contact key, changes) made by a person in Dynamics
     didomi_changes: list[tuple[str, dict[str, Any]]]  # (organization_user_id, consents) made later in Didomi
     unique_sources: list[str]  # metadata sources carried by one user each (targets of bad-row faults)
+    target: str = "contact"  # properties.target: CONTACT or CPC (Contact Point Consent rows)
+    null_values: str = "skip"
+    consent_rows: list[SeededConsent] = field(default_factory=list)  # CPC: rows Dataverse holds before the runs
 
 
-def make_world(seed: int, users: int) -> WorldData:
-    """Didomi users, Dataverse contacts (some the same people, some case-shifted keys) and later edits."""
+def make_world(seed: int, users: int, target: str | None = None) -> WorldData:
+    """Didomi users, Dataverse contacts (some the same people, some case-shifted keys) and later edits.
+
+    ``target`` None: every fourth seed (``seed % 4 == 3``) is a Contact Point Consent world (``make_cpc_world``).
+    """
     rng = random.Random(f"world-{seed}")
     choices = (True, False, None)
     made: list[dict[str, Any]] = []
@@ -265,7 +280,7 @@ def make_world(seed: int, users: int) -> WorldData:
         if not consents["purposes"] and not consents["channels"]:
             consents["purposes"].append({"id": "marketing", "enabled": rng.random() < 0.5})
         later.append((original, consents))
-    return WorldData(
+    world = WorldData(
         users=made,
         contacts=contacts,
         upsert_mode=upsert_mode,
@@ -276,6 +291,9 @@ def make_world(seed: int, users: int) -> WorldData:
         didomi_changes=later,
         unique_sources=unique_sources,
     )
+    if (target or (CPC if seed % 4 == 3 else CONTACT)) == CPC:
+        return make_cpc_world(seed, world)
+    return world
 
 
 def consent_user(
@@ -346,6 +364,7 @@ class Pair:
         self.name = name
         self.running = RunningEmulators(state_dir / name).start()
         self.client_timeout_s = client_timeout_s
+        self.cpc_records: dict[str, str] = {}  # Purpose / Topic name -> id, in a CPC world
 
     @property
     def dataverse(self) -> Any:
@@ -375,6 +394,7 @@ class Pair:
         didomi.reset()
         didomi.set_catalogue(PURPOSES, CHANNELS)
         didomi.add_users(world.users)
+        self.cpc_records = load_cpc_catalogue(self, world) if world.target == CPC else {}
         forget_bulk_support()
         forget_retry_queues()  # rows an earlier world's runs could not write are not this world's
 
@@ -393,7 +413,7 @@ class Pair:
         if self.client_timeout_s is not None:
             dataverse_extra["timeout"] = self.client_timeout_s
             didomi_extra["timeout"] = self.client_timeout_s
-        config = json.loads(CONFIG_TEMPLATE_TEXT)
+        config = cpc_config(world) if world.target == CPC else json.loads(CONFIG_TEMPLATE_TEXT)
         config["authentication"] = {
             "client_id": endpoints["client_id"],
             "client_secret": endpoints["client_secret"],
@@ -665,6 +685,8 @@ DIDOMI_ROUTES = ("/v1/consents/events", "/v1/consents/users", "/v1/consents/", "
 
 def arm_faults(rng: random.Random, pair: Pair, world: WorldData, phase: str, plan: FaultPlanForRun) -> list[str]:
     """Draw and arm 1-4 faults for one run; returns their descriptions."""
+    if world.target == CPC:
+        return arm_cpc_faults(rng, pair, plan)
     armed: list[str] = []
     forward = phase.startswith("forward")
     for _ in range(rng.randint(1, 4)):
@@ -818,8 +840,11 @@ def check_report_accounting(record: RunRecord, upsert_mode: bool) -> list[str]:
             f"{where}: {push} reports {total} row(s) for {len(frame)} input row(s) and {len(retried)} retried"
         )
     folded = {k.casefold() for k in [*keys, *retried]}
+    every_row = report_rows(report)  # the XCom lists the first rows only (LISTED_ROWS); the rows file has them all
     for outcome in ("failed", "skipped"):
         listed = [str(r.get("key", "")) for r in report.get(outcome, [])]
+        if every_row is not None:
+            listed = [str(r.get("key", "")) for r in every_row if r.get("outcome") == outcome]
         repeated = sorted(k for k, n in Counter(listed).items() if n > 1 and k)
         if repeated:
             problems.append(f"{where}: {push} lists {repeated[:3]} more than once as {outcome}")
@@ -834,6 +859,14 @@ def check_report_accounting(record: RunRecord, upsert_mode: bool) -> list[str]:
     if push == "push_contacts" and counts.get("created") and not upsert_mode:
         problems.append(f"{where}: push_contacts created contacts with upsert_mode false")
     return problems
+
+
+def report_rows(report: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Every row of a push report (its rows file: key, outcome, reason), or None when it has no rows file."""
+    if not report.get("rows_file"):
+        return None
+    with open(str(report["rows_file"]).removeprefix("file://"), encoding="utf-8") as lines:
+        return [json.loads(line) for line in lines if line.strip()]
 
 
 def check_no_duplicates(pair: Pair, phase: str) -> list[str]:
@@ -887,6 +920,478 @@ def check_same_state(reference: Pair, chaos: Pair, phase: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Contact Point Consent worlds (properties.target "contact_point_consent"), forward direction
+# ---------------------------------------------------------------------------------------------------------------
+#
+# A CPC world is the same Didomi users and contacts (some with a mobile phone), a Journeys consent catalogue
+# (Purposes, Topics), and consent rows Dataverse already holds: some agreeing with Didomi, some not, some on a
+# case-shifted address, some for people the sync has no contact for, some written by another app. It runs on the
+# chaos pair alone, three forward runs with faults on the consent table's bulk writes and queries among others:
+# CPC-1 (full sync), people change their consent in Didomi, CPC-2, then CPC-3 (nothing changed: nothing written).
+# After each phase has settled the invariants are checked against Didomi's own state (an oracle independent of
+# the provider's mapping code). Each invariant is one ``check_cpc_*`` function listed in ``CPC_FORWARD_CHECKS``;
+# the reverse direction's checks go in a list of their own beside it.
+
+OPTED_IN, OPTED_OUT, NOT_SET = 534120001, 534120002, 534120000  # msdynmkt_value
+CONTACT_POINT_TYPE_CODES = {"email": 534120000, "text": 534120001}
+CONTACT_POINT_ATTRIBUTES = {"email": "emailaddress1", "text": "mobilephone"}
+CPC_OUR_SOURCE = 534120003  # msdynmkt_source "Loaded"
+CPC_SEEDED_SOURCE = 534120004  # "Preference Center": the rows a world starts with
+CPC_OUR_REASON = "Didomi consent sync"
+CPC_TABLE = "msdynmkt_contactpointconsent4s"
+
+
+@dataclass(frozen=True)
+class CpcTarget:
+    """One mapping of a CPC world and how to read its Didomi choice from a user, independently of the provider."""
+
+    record: str  # the mapping's id: a Purpose name, or a Topic name
+    column: str  # the mapping's value (Didomi column grammar)
+    purpose: str  # the Purpose record the row points to (its name as seeded)
+    topic: str | None = None
+    contact_point: str = "email"
+
+    def mapping(self) -> dict[str, Any]:
+        mapping: dict[str, Any] = {"id": self.record, "value": self.column}
+        if self.contact_point != "email":
+            mapping["contact_point"] = self.contact_point
+        return mapping
+
+    def label(self) -> str:
+        """How the push's report names a (user, mapping) pair: ``<organization_user_id> <label>``."""
+        return f"{self.record} ({self.contact_point})"
+
+    def choice(self, user: dict[str, Any]) -> bool | None:
+        """The user's Didomi choice for this column: true / false, or None when there is none."""
+        consents = user.get("consents") or {}
+        parts = self.column.split("_")
+        if self.column.startswith("consents_channels_"):
+            entry = _by_id(consents.get("channels"), parts[2])
+            flag = (entry or {}).get("enabled")
+            return flag if isinstance(flag, bool) else None
+        entry = _by_id(consents.get("purposes"), parts[2]) or {}
+        if "_values_" not in self.column:
+            flag = entry.get("enabled")
+            return flag if isinstance(flag, bool) else None
+        preference, value = parts[4], parts[5]
+        chosen = (entry.get("values") or {}).get(preference)
+        if not isinstance(chosen, dict) or not isinstance(chosen.get("value"), str):
+            return None  # no list for that preference: no choice
+        return value in chosen["value"].split(",")
+
+
+def _by_id(entries: Any, wanted: str) -> dict[str, Any] | None:
+    return next((e for e in entries or [] if isinstance(e, dict) and e.get("id") == wanted), None)
+
+
+CPC_TARGETS = (
+    CpcTarget("newsletter", "consents_purposes_newsletter_enabled", "newsletter"),
+    # Names resolve case-insensitively, as Dataverse compares them: the config says Marketing, the record marketing.
+    CpcTarget("Marketing", "consents_purposes_marketing_enabled", "marketing"),
+    CpcTarget(
+        "newsletter_frequency_weekly",
+        "consents_purposes_newsletter_values_frequency_weekly_enabled",
+        "newsletter",
+        "newsletter_frequency_weekly",
+    ),
+    CpcTarget(
+        "newsletter_frequency_daily",
+        "consents_purposes_newsletter_values_frequency_daily_enabled",
+        "newsletter",
+        "newsletter_frequency_daily",
+    ),
+    CpcTarget("email_updates", "consents_channels_email_enabled", "email_updates"),
+    CpcTarget("sms_offers", "consents_channels_sms_enabled", "sms_offers", contact_point="text"),
+)
+CPC_CATALOGUE: dict[str, list[str]] = {  # Purpose -> its Topics, as Customer Insights - Journeys holds them
+    "newsletter": ["newsletter_frequency_daily", "newsletter_frequency_weekly", "newsletter_frequency_monthly"],
+    "marketing": [],
+    "analytics": [],
+    "email_updates": [],
+    "sms_offers": [],
+}
+
+
+@dataclass(frozen=True)
+class SeededConsent:
+    """A consent row Dataverse holds before the first run (records named, resolved to ids when loaded)."""
+
+    address: str
+    contact_point: str
+    purpose: str
+    topic: str | None
+    value: int
+    by_someone_else: bool  # written by another app (a preference centre), not by the sync
+
+
+def make_cpc_world(seed: int, base: WorldData) -> WorldData:
+    """``base``'s users and contacts as a Contact Point Consent world: mobile phones, consent rows already held,
+    and later Didomi changes that touch every kind of mapped field."""
+    rng = random.Random(f"cpc-{seed}")
+    contacts = [dict(c) for c in base.contacts]
+    for index, contact in enumerate(contacts):
+        if rng.random() < 0.5:
+            contact["mobilephone"] = f"+33 6 {seed % 100:02d} {index // 100:02d} {index % 100:02d} 00"
+    keyed = [str(u["organization_user_id"]) for u in base.users if u["organization_user_id"]]
+    held = {str(c["emailaddress1"]).casefold(): c for c in contacts}
+    seeded: list[SeededConsent] = []
+    addresses = [str(c["emailaddress1"]) for c in contacts] + [k for k in keyed if k.casefold() not in held]
+    for address in rng.sample(addresses, k=len(addresses) // 4):
+        contact = held.get(address.casefold(), {})
+        for target in rng.sample(CPC_TARGETS, k=rng.randint(1, 3)):
+            point = address if target.contact_point == "email" else contact.get("mobilephone")
+            if not point:
+                continue
+            if target.contact_point == "email" and rng.random() < 0.2:
+                point = point.swapcase()  # Dataverse compares contact point values case-insensitively
+            value = rng.choice((OPTED_IN, OPTED_OUT, NOT_SET))
+            seeded.append(
+                SeededConsent(point, target.contact_point, target.purpose, target.topic, value, rng.random() < 0.3)
+            )
+    later: list[tuple[str, dict[str, Any]]] = []
+    for key in rng.sample(keyed, k=max(3, len(keyed) // 6)):
+        consents: dict[str, Any] = {"purposes": [], "channels": []}
+        if rng.random() < 0.6:
+            purpose: dict[str, Any] = {"id": "newsletter", "enabled": rng.random() < 0.5}
+            if rng.random() < 0.5:
+                purpose["values"] = {"frequency": {"value": rng.choice(FREQUENCIES)}}
+            consents["purposes"].append(purpose)
+        if rng.random() < 0.4:
+            consents["purposes"].append({"id": "marketing", "enabled": rng.random() < 0.5})
+        for channel in ("email", "sms"):
+            if rng.random() < 0.4:
+                consents["channels"].append({"id": channel, "enabled": rng.random() < 0.5})
+        if not consents["purposes"] and not consents["channels"]:
+            consents["channels"].append({"id": "email", "enabled": rng.random() < 0.5})
+        later.append((key, consents))
+    return dataclasses.replace(
+        base,
+        contacts=contacts,
+        edits=[],
+        didomi_changes=later,
+        unique_sources=[],
+        target=CPC,
+        null_values=rng.choice(("skip", "clear")),
+        consent_rows=seeded,
+    )
+
+
+def load_cpc_catalogue(pair: Pair, world: WorldData) -> dict[str, str]:
+    """Purposes, Topics and the seeded consent rows in the pair's Dataverse; returns record name -> id."""
+    dataverse = pair.dataverse
+    ids: dict[str, str] = {}
+    for purpose, topics in CPC_CATALOGUE.items():
+        ids[purpose] = dataverse.add_purpose(purpose)
+        for topic in topics:
+            ids[topic] = dataverse.add_topic(topic, ids[purpose])
+    for someone_else in (False, True):
+        rows = [
+            {
+                "msdynmkt_contactpointvalue": row.address,
+                "msdynmkt_contactpointtype": CONTACT_POINT_TYPE_CODES[row.contact_point],
+                "msdynmkt_value": row.value,
+                "msdynmkt_source": CPC_SEEDED_SOURCE,
+                "purpose_id": ids[row.purpose],
+                "topic_id": ids[row.topic] if row.topic else None,
+            }
+            for row in world.consent_rows
+            if row.by_someone_else == someone_else
+        ]
+        if rows:
+            dataverse.add_consent_rows(rows, client_id=dataverse.editor.client_id if someone_else else None)
+    return ids
+
+
+def cpc_config(world: WorldData) -> dict[str, Any]:
+    """The integration config of a CPC world (the authentication block is added by ``Pair.environment``)."""
+    return {
+        "type_id": "microsoft-dynamics",
+        "properties": {"target": CPC, "contact_key_attribute": "emailaddress1", "null_values": world.null_values},
+        "mappings": [t.mapping() for t in CPC_TARGETS],
+        "upsert_mode": world.upsert_mode,
+    }
+
+
+CpcKey = tuple[str, int, str, str]  # (contact point value casefolded, type, purpose id, topic id or "")
+
+
+def _cpc_key(value: str, contact_point: str | int, purpose_id: str, topic_id: str | None) -> CpcKey:
+    code = CONTACT_POINT_TYPE_CODES[contact_point] if isinstance(contact_point, str) else contact_point
+    return (value.casefold(), int(code), purpose_id.lower(), (topic_id or "").lower())
+
+
+def cpc_row_key(row: dict[str, Any]) -> CpcKey:
+    return _cpc_key(
+        str(row.get("msdynmkt_contactpointvalue") or ""),
+        int(row.get("msdynmkt_contactpointtype") or 0),
+        str(row.get("_msdynmkt_purposeid_value") or ""),
+        row.get("_msdynmkt_topicid_value"),
+    )
+
+
+@dataclass
+class CpcState:
+    """What the invariants read: the world, the pair's records, contacts and consent rows, and Didomi's users."""
+
+    world: WorldData
+    records: dict[str, str]
+    contacts: dict[str, dict[str, Any]]  # by case-folded key
+    rows: list[dict[str, Any]]
+    users: list[dict[str, Any]]
+    integration_user: str
+
+    @classmethod
+    def read(cls, pair: Pair, world: WorldData) -> CpcState:
+        return cls(
+            world=world,
+            records=dict(pair.cpc_records),
+            contacts={str(c.get("emailaddress1") or "").casefold(): c for c in pair.dataverse.contacts_rows()},
+            rows=list(pair.dataverse.consent_rows()),
+            users=list(pair.didomi.users()),
+            integration_user=str(pair.dataverse.integration.user.systemuserid),
+        )
+
+    def initial_contacts(self) -> set[str]:
+        return {str(c["emailaddress1"]).casefold() for c in self.world.contacts}
+
+    def expected(self) -> tuple[dict[CpcKey, int], dict[CpcKey, str]]:
+        """The rows Dataverse must hold (key -> msdynmkt_value), and for the sync's decisions the user they are for.
+
+        Seeded rows stay as they are unless a decided Didomi choice (or NotSet under ``clear``) of a user with a
+        contact (any keyed user under upsert_mode) says otherwise.
+        """
+        want: dict[CpcKey, int] = {}
+        for row in self.world.consent_rows:
+            topic = self.records[row.topic] if row.topic else None
+            want[_cpc_key(row.address, row.contact_point, self.records[row.purpose], topic)] = row.value
+        decided: dict[CpcKey, str] = {}
+        initial = self.initial_contacts()
+        for user in self.users:
+            key = user.get("organization_user_id")
+            if not key or (not self.world.upsert_mode and str(key).casefold() not in initial):
+                continue
+            contact = self.contacts.get(str(key).casefold())
+            if contact is None:
+                continue  # check_cpc_contacts says so
+            for target in CPC_TARGETS:
+                point = contact.get(CONTACT_POINT_ATTRIBUTES[target.contact_point])
+                choice = target.choice(user)
+                if not point or (choice is None and self.world.null_values == "skip"):
+                    continue
+                value = NOT_SET if choice is None else OPTED_IN if choice else OPTED_OUT
+                topic = self.records[target.topic] if target.topic else None
+                row_key = _cpc_key(str(point), target.contact_point, self.records[target.purpose], topic)
+                want[row_key] = value
+                decided[row_key] = f"{key} {target.label()}"
+        return want, decided
+
+
+def check_cpc_rows_match_didomi(state: CpcState, phase: str) -> list[str]:
+    """Every decided choice is exactly one row with the right value; no row is lost or invented."""
+    want, decided = state.expected()
+    names = {v: k for k, v in state.records.items()}
+    held: dict[CpcKey, list[int]] = {}
+    for row in state.rows:
+        held.setdefault(cpc_row_key(row), []).append(int(row.get("msdynmkt_value") or -1))
+    problems: list[str] = []
+
+    def say(key: CpcKey) -> str:
+        record = names.get(key[3] or key[2], key[3] or key[2])
+        return decided.get(key, f"{key[0]} {record}")
+
+    for key, value in sorted(want.items()):
+        if key not in held:
+            problems.append(f"{phase}: consent row of {say(key)} is missing (lost write; want {value})")
+        elif value not in held[key]:
+            problems.append(f"{phase}: consent row of {say(key)} holds {held[key]}, Didomi says {value}")
+    for key in sorted(set(held) - set(want)):
+        problems.append(f"{phase}: consent row {say(key)} should not exist (invented write, {held[key]})")
+    return problems
+
+
+def check_cpc_no_duplicate_rows(state: CpcState, phase: str) -> list[str]:
+    """One row per (contact point value casefolded, type, purpose, topic)."""
+    counts = Counter(cpc_row_key(row) for row in state.rows)
+    repeated = sorted(k for k, n in counts.items() if n > 1)
+    if not repeated:
+        return []
+    return [f"{phase}: {len(repeated)} consent row key(s) held more than once, e.g. {repeated[:3]}"]
+
+
+def check_cpc_contacts(state: CpcState, phase: str) -> list[str]:
+    """Without upsert_mode no contact is created; with it every keyed Didomi user has one (and only one)."""
+    keys = {str(u["organization_user_id"]).casefold() for u in state.users if u.get("organization_user_id")}
+    have, initial = set(state.contacts), state.initial_contacts()
+    if not state.world.upsert_mode:
+        extra = sorted(have - initial)
+        return [f"{phase}: contacts created with upsert_mode false: {extra[:3]}"] if extra else []
+    missing = sorted(keys - have)
+    if not missing:
+        return []
+    return [f"{phase}: {len(missing)} Didomi user(s) still without a contact under upsert_mode: {missing[:3]}"]
+
+
+def check_cpc_nothing_for_users_without_contact(state: CpcState, phase: str) -> list[str]:
+    """With upsert_mode false the sync writes no row for a Didomi user that has no contact."""
+    if state.world.upsert_mode:
+        return []
+    keys = {str(u["organization_user_id"]).casefold() for u in state.users if u.get("organization_user_id")}
+    strangers = keys - state.initial_contacts()
+    ours = [
+        r
+        for r in state.rows
+        if str(r.get("msdynmkt_contactpointvalue") or "").casefold() in strangers
+        and str(r.get("_modifiedby_value") or "") == state.integration_user
+        and str(r.get("msdynmkt_reason") or "").startswith(CPC_OUR_REASON)
+    ]
+    if not ours:
+        return []
+    return [f"{phase}: {len(ours)} row(s) written for users without a contact: {ours[0]['msdynmkt_contactpointvalue']}"]
+
+
+def check_cpc_written_rows_say_where_from(state: CpcState, phase: str) -> list[str]:
+    """A row the sync created carries source Loaded, its reason and the consent level of its record; a row it
+    changed says why (the seeded rows, source Preference Center, are someone else's until the sync writes them)."""
+    problems: list[str] = []
+    for row in state.rows:
+        address = row.get("msdynmkt_contactpointvalue")
+        seeded = row.get("msdynmkt_source") == CPC_SEEDED_SOURCE
+        if str(row.get("_createdby_value") or "") == state.integration_user and not seeded:
+            level = 534120001 if row.get("_msdynmkt_topicid_value") else 534120000
+            if row.get("msdynmkt_source") != CPC_OUR_SOURCE or row.get("msdynmkt_contactpointconsenttype") != level:
+                problems.append(
+                    f"{phase}: row {address} created with source {row.get('msdynmkt_source')}, level "
+                    f"{row.get('msdynmkt_contactpointconsenttype')}"
+                )
+        written = str(row.get("_modifiedby_value") or "") == state.integration_user and not (
+            seeded and row.get("createdon") == row.get("modifiedon")
+        )
+        if written and not str(row.get("msdynmkt_reason") or "").startswith(CPC_OUR_REASON):
+            problems.append(f"{phase}: row {address} written by the sync without its reason")
+    return problems[:5]
+
+
+# The state invariants of the forward direction, each a function (CpcState, phase) -> problems. The reverse
+# direction of the target gets its own list (events Didomi stores, no echo), checked after its runs.
+CPC_FORWARD_CHECKS: tuple[Callable[[CpcState, str], list[str]], ...] = (
+    check_cpc_rows_match_didomi,
+    check_cpc_no_duplicate_rows,
+    check_cpc_contacts,
+    check_cpc_nothing_for_users_without_contact,
+    check_cpc_written_rows_say_where_from,
+)
+CPC_OUTCOMES = ("created", "updated", "unchanged", "skipped", "failed")
+
+
+def check_cpc_report_accounting(record: RunRecord, world: WorldData) -> list[str]:
+    """Every (user, mapping) pair the push received ends in exactly one outcome of its report (every row of the
+    rows file), the counts add up, and no contact is created without upsert_mode."""
+    where = f"{record.phase} {record.dag_id} {record.run_id}"
+    report = record.value("push_contacts") or record.value("push_contacts", "report")
+    frame = record.value("apply_mapping")
+    if report is None:
+        return [f"{where}: the run succeeded without a push_contacts report"] if record.state == "success" else []
+    problems: list[str] = []
+    counts: dict[str, int] = {k: v for k, v in report.get("counts", {}).items() if v}
+    if sum(counts.values()) != report.get("total"):
+        problems.append(f"{where}: counts {counts} add up to {sum(counts.values())}, not total {report.get('total')}")
+    if set(counts) - set(CPC_OUTCOMES):
+        problems.append(f"{where}: outcomes other than {CPC_OUTCOMES}: {counts}")
+    if not world.upsert_mode and report.get("contacts_created"):
+        problems.append(f"{where}: {report.get('contacts_created')} contact(s) created with upsert_mode false")
+    rows = report_rows(report) or []
+    if not report.get("rows_file") and report.get("total"):
+        problems.append(f"{where}: a report of {report.get('total')} row(s) without its rows file")
+    if rows and Counter(r["outcome"] for r in rows) != Counter(counts):
+        problems.append(f"{where}: the rows file's outcomes {Counter(r['outcome'] for r in rows)} are not {counts}")
+    if frame is not None and (rows or not report.get("total")):
+        users = [str(k) for k in frame["organization_user_id"].tolist() if k is not None]
+        wanted = Counter(f"{u} {t.label()}" for u in users for t in CPC_TARGETS)
+        listed = Counter(str(r["key"]) for r in rows)
+        twice = sorted(k for k, n in (listed - wanted).items() if k in wanted)
+        lost, strangers = sorted(set(wanted) - set(listed)), sorted(set(listed) - set(wanted))
+        if lost:
+            problems.append(f"{where}: {len(lost)} (user, mapping) pair(s) missing from the report: {lost[:3]}")
+        if strangers:
+            problems.append(f"{where}: the report has rows it was never given: {strangers[:3]}")
+        if twice:
+            problems.append(f"{where}: pair(s) reported more than once: {twice[:3]}")
+    return problems
+
+
+def check_cpc_phase_wrote_nothing(records: list[RunRecord], phase: str) -> list[str]:
+    """Runs after which nothing changed in Didomi write nothing (a re-run is idempotent, even under faults)."""
+    written: Counter[str] = Counter()
+    for record in records:
+        report = record.value("push_contacts") or record.value("push_contacts", "report") or {}
+        written.update({k: v for k, v in report.get("counts", {}).items() if k in ("created", "updated") and v})
+        written["contacts created"] += int(report.get("contacts_created") or 0)
+    written = +written
+    return [f"{phase}: nothing changed in Didomi, yet the runs wrote {dict(written)}"] if written else []
+
+
+CPC_PHASES = ("cpc-forward-1", "cpc-forward-2", "cpc-forward-3")
+CPC_ROUTES: tuple[tuple[str, str | None], ...] = (  # (path part, method) of the faults a CPC world draws
+    (f"{CPC_TABLE}/Microsoft.Dynamics.CRM.CreateMultiple", "POST"),
+    (f"{CPC_TABLE}/Microsoft.Dynamics.CRM.UpdateMultiple", "POST"),
+    (CPC_TABLE, "GET"),
+    (CPC_TABLE, None),
+    ("$batch", "POST"),
+    ("msdynmkt_purposes", "GET"),
+    ("msdynmkt_topics", "GET"),
+    ("/api/data/v9.2/contacts", None),
+)
+CPC_FAULT_KINDS = ("throttle_storm", "server_error", "lost_response", "slow", "reset", "token_expiry", "kill")
+
+
+def arm_cpc_faults(rng: random.Random, pair: Pair, plan: FaultPlanForRun) -> list[str]:
+    """Draw and arm 1-4 faults for one run of a CPC world, most of them on the consent table's routes."""
+    armed: list[str] = []
+    dataverse = pair.dataverse
+    for _ in range(rng.randint(1, 4)):
+        kind = rng.choices(CPC_FAULT_KINDS, weights=(3, 3, 3, 2, 1, 1, 1))[0]
+        on_didomi = kind in ("server_error", "reset", "slow") and rng.random() < 0.15
+        route, method = ("/v1/consents/users", "GET") if on_didomi else rng.choice(CPC_ROUTES)
+        model, side = (pair.didomi, "didomi") if on_didomi else (dataverse, "dataverse")
+        where = f"{side} {method or 'any'} {route}"
+        if kind == "throttle_storm":
+            storm = rng.randint(2, 4)
+            for i in range(storm):
+                model.faults.arm(
+                    "status", 1, status=429, retry_after=round(0.05 * 2**i, 2), path_contains=route, method=method
+                )
+            armed.append(f"429 storm x{storm} on {where}")
+        elif kind == "server_error":
+            status = rng.choice((503, 503, 500, 502, 504))
+            count = rng.randint(1, 3)
+            model.faults.arm("status", count, status=status, path_contains=route, method=method)
+            armed.append(f"{status} x{count} on {where}")
+        elif kind == "lost_response":
+            if rng.random() < 0.5:  # the emulator applies the write, then drops the connection
+                write = rng.choice((*CPC_ROUTES[:2], ("$batch", "POST")))[0]
+                dataverse.faults.arm("lost_response", 1, path_contains=write, method="POST")
+                armed.append(f"answer of the next POST {write} lost after it landed")
+            else:
+                plan.lose_response_after_writes = rng.randint(1, 3)
+                armed.append(f"response of write #{plan.lose_response_after_writes} lost after it landed")
+        elif kind == "slow":
+            model.faults.arm("delay", 1, delay_s=CLIENT_TIMEOUT_S + 0.5, path_contains=route, method=method)
+            armed.append(f"response slower than the client timeout on {where}")
+        elif kind == "reset":
+            model.faults.arm("reset", rng.randint(1, 2), path_contains=route, method=method)
+            armed.append(f"connection reset on {where}")
+        elif kind == "token_expiry":
+            dataverse.expire_tokens()
+            plan.kinds["token_expiry"] += 1
+            plan.expire_tokens_after_s = rng.uniform(0.1, 1.5)
+            armed.append(f"tokens expired before the run, and again after {plan.expire_tokens_after_s:.2f}s")
+        elif kind == "kill":
+            plan.kill_after_writes = rng.randint(1, 3)
+            armed.append(f"push task killed after write #{plan.kill_after_writes}")
+    return armed
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The campaign
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -897,8 +1402,9 @@ PHASES = (("forward-1", FORWARD), ("reverse-2", REVERSE), ("forward-3", FORWARD)
 class Campaign:
     """Two emulator pairs (reference and chaos) and both DAGs, reused by every scenario of a process."""
 
-    def __init__(self, state_dir: Path, users: int = 150) -> None:
+    def __init__(self, state_dir: Path, users: int = 150, target: str | None = None) -> None:
         self.users = users
+        self.target = target  # None: the seed decides (make_world), else every world has this target
         self.reference = Pair("reference", state_dir)
         self.chaos = Pair("chaos", state_dir, client_timeout_s=CLIENT_TIMEOUT_S)
         self.dags = load_dags()
@@ -926,11 +1432,12 @@ class Campaign:
         started = time.monotonic()
         result = ScenarioResult(seed)
         try:
-            world = make_world(seed, self.users)
+            world = make_world(seed, self.users, self.target)
         except Exception as err:
             result.violations.append(f"scenario crashed building its data: {type(err).__name__}: {err}")
             return result
         result.settings = {
+            "target": world.target,
             "users": self.users,
             "upsert_mode": world.upsert_mode,
             "alternate_key": world.alternate_key,
@@ -938,6 +1445,9 @@ class Campaign:
             "batch_size": world.batch_size,
         }
         rng = random.Random(f"faults-{seed}")
+        if world.target == CPC:
+            result.settings["null_values"] = world.null_values
+            return self.run_cpc_scenario(world, rng, result, started, verbose=verbose, log=log)
         for pair in (self.reference, self.chaos):
             pair.load(world)
         saved = dict(os.environ)
@@ -978,6 +1488,48 @@ class Campaign:
             os.environ.update(saved)
             self.chaos.disarm()
         result.faults += self.chaos.fired()
+        result.seconds = time.monotonic() - started
+        return result
+
+    def run_cpc_scenario(
+        self,
+        world: WorldData,
+        rng: random.Random,
+        result: ScenarioResult,
+        started: float,
+        *,
+        verbose: bool = False,
+        log: Callable[[str], None] = print,
+    ) -> ScenarioResult:
+        """A Contact Point Consent world on the chaos pair: three forward runs under faults, each phase settled
+        (clears and re-runs, follow-up runs) and then checked against Didomi's state (``CPC_FORWARD_CHECKS``)."""
+        pair = self.chaos
+        saved = dict(os.environ)
+        try:
+            pair.load(world)
+            for phase in CPC_PHASES:
+                if phase == "cpc-forward-2":
+                    pair.didomi_changes(world.didomi_changes)
+                    time.sleep(0.02)
+                self._configure(pair, world)
+                runs = self._run_phase(pair, world, phase, FORWARD, rng, result, verbose=verbose, log=log)
+                for record in runs:
+                    result.violations += check_cpc_report_accounting(record, world)
+                    report = record.value("push_contacts") or record.value("push_contacts", "report") or {}
+                    result.stats.update({k: v for k, v in report.get("counts", {}).items() if v})
+                if phase == "cpc-forward-3":
+                    result.violations += check_cpc_phase_wrote_nothing(runs, phase)
+                state = CpcState.read(pair, world)
+                for check in CPC_FORWARD_CHECKS:
+                    result.violations += check(state, phase)
+            result.stats["consent_rows"] = len(pair.dataverse.consent_rows())
+        except Exception as err:  # a crash of the campaign itself is a violation too: never a silent pass
+            result.violations.append(f"scenario crashed: {type(err).__name__}: {err}\n{traceback.format_exc()}")
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+            pair.disarm()
+        result.faults += pair.fired()
         result.seconds = time.monotonic() - started
         return result
 
@@ -1079,7 +1631,7 @@ def quiet(path: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
-def _worker(seeds: list[int], users: int, workdir: str, verbose: bool) -> list[dict[str, Any]]:
+def _worker(seeds: list[int], users: int, workdir: str, verbose: bool, target: str | None) -> list[dict[str, Any]]:
     """Run some scenarios in this process: its own AIRFLOW_HOME, emulator pairs and DAGs."""
     from airflow_provider_didomi_dynamics.local.testing import prepare_airflow_home
 
@@ -1088,7 +1640,7 @@ def _worker(seeds: list[int], users: int, workdir: str, verbose: bool) -> list[d
     results = []
     messages: list[str] = []
     with quiet(base / "airflow-output.log"):
-        campaign = Campaign(base / "emulators", users=users)
+        campaign = Campaign(base / "emulators", users=users, target=target)
         try:
             for seed in seeds:
                 outcome = campaign.run_scenario(seed, verbose=verbose, log=messages.append)
@@ -1108,7 +1660,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=150, help="Didomi users per scenario (default 150)")
     parser.add_argument("--workers", type=int, default=4, help="processes running scenarios side by side")
     parser.add_argument("--verbose", action="store_true", help="print the faults armed for every run")
+    parser.add_argument(
+        "--target",
+        choices=("mixed", CONTACT, CPC),
+        default="mixed",
+        help="properties.target of the worlds: mixed (default; every fourth seed, seed %% 4 == 3, is a Contact "
+        "Point Consent world), or every world the same",
+    )
     args = parser.parse_args(argv)
+    target = None if args.target == "mixed" else args.target
     started = time.monotonic()
     seeds = [args.seed + i for i in range(args.scenarios)]
     workers = max(1, min(args.workers, len(seeds)))
@@ -1119,11 +1679,11 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
         if workers == 1:
-            results = _worker(shares[0], args.users, str(Path(tmp) / "w0"), args.verbose)
+            results = _worker(shares[0], args.users, str(Path(tmp) / "w0"), args.verbose, target)
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 futures = [
-                    pool.submit(_worker, share, args.users, str(Path(tmp) / f"w{i}"), args.verbose)
+                    pool.submit(_worker, share, args.users, str(Path(tmp) / f"w{i}"), args.verbose, target)
                     for i, share in enumerate(shares)
                 ]
                 for future in futures:
@@ -1131,29 +1691,44 @@ def main(argv: list[str] | None = None) -> int:
     results.sort(key=lambda r: r["seed"])
     faults: Counter[str] = Counter()
     violations = 0
+    by_target: Counter[str] = Counter()
     for entry in results:
         faults.update(entry["faults"])
         violations += len(entry["violations"])
         settings = entry["settings"]
+        by_target[settings.get("target", CONTACT)] += 1
         fired = sum(entry["faults"].values())
         kinds = " ".join(f"{kind}x{count}" for kind, count in sorted(entry["faults"].items()))
+        cpc = ""
+        if settings.get("target") == CPC:
+            stats = " ".join(f"{k}={v}" for k, v in sorted(entry.get("stats", {}).items()))
+            cpc = f"target={CPC}, null_values={settings['null_values']}, {stats}, "
         print(
             f"scenario {entry['seed']:>5}: {fired:>3} fault(s), {entry['runs']:>2} DAG run(s), "
             f"{len(entry['violations'])} violation(s), {entry['seconds']:5.1f}s  "
-            f"(upsert_mode={settings['upsert_mode']}, alternate_key={settings['alternate_key']}, "
-            f"bulk_messages={settings['bulk_messages']}, batch_size={settings['batch_size']})  {kinds}"
+            f"({cpc}upsert_mode={settings.get('upsert_mode')}, alternate_key={settings.get('alternate_key')}, "
+            f"bulk_messages={settings.get('bulk_messages')}, batch_size={settings.get('batch_size')})  {kinds}"
         )
         for line in entry.get("log", []):
             print(line)
         for violation in entry["violations"]:
             print(f"    VIOLATION {violation}")
-    print(f"\nscenarios run: {len(results)}")
+    print(f"\nscenarios run: {len(results)} ({', '.join(f'{n} {t}' for t, n in sorted(by_target.items()))})")
     print("faults injected by kind:")
     for kind, count in sorted(faults.items()):
         print(f"  {kind:<16} {count}")
     print(f"invariant violations: {violations}")
     print(f"seconds: {time.monotonic() - started:.0f}")
-    print(json.dumps({"scenarios": len(results), "faults": sum(faults.values()), "violations": violations}))
+    print(
+        json.dumps(
+            {
+                "scenarios": len(results),
+                "by_target": dict(by_target),
+                "faults": sum(faults.values()),
+                "violations": violations,
+            }
+        )
+    )
     return 0 if violations == 0 else 1
 
 

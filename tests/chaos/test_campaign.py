@@ -2,7 +2,9 @@
 through four phases on a fault-free pair and on a pair injecting faults, and checking every invariant.
 
 ``python benchmarks/chaos.py --scenarios 50`` runs the long campaign; ``--scenarios 1 --seed S`` replays one of
-these. The seeds are chosen so that, together, they inject every kind of fault the engine knows.
+these. The seeds are chosen so that, together, they inject every kind of fault the engine knows; ``CPC_SEEDS`` are
+Contact Point Consent worlds (``properties.target: "contact_point_consent"``, forward only), checked against
+Didomi's own state.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import pytest
 from campaign_engine import engine
 
 SEEDS = (202, 206, 209)
+# upsert_mode false, null_values clear, no bulk messages ($batch), batches of 16: faults on the consent table's
+# writes and queries in every phase (``--scenarios 1 --seed 219 --verbose`` lists them).
+CPC_SEEDS = (219,)
 # Every kind of fault, as the scenarios report them (server-side statuses by code, client-side ones by name).
 EXPECTED_KINDS = {
     "status_429",
@@ -75,3 +80,59 @@ def test_the_invariant_checks_catch_a_lost_a_duplicated_and_an_invented_write(ca
     assert "held by more than one contact" in text
     assert f"events of {key} differ: 0 lost, 1 duplicated or invented" in text
     assert f"Didomi user {key} differs" in text
+
+
+@pytest.mark.parametrize("seed", CPC_SEEDS)
+def test_contact_point_consent_world_keeps_every_invariant_under_faults(campaign: Any, seed: int) -> None:
+    result = campaign.run_scenario(seed)
+
+    assert result.settings["target"] == engine.CPC, result.settings
+    assert sum(result.faults.values()) >= 5, f"scenario {seed} injected almost nothing: {dict(result.faults)}"
+    assert result.violations == [], "\n".join(result.violations)
+    assert result.stats["created"] and result.stats["updated"] and result.stats["unchanged"], dict(result.stats)
+
+
+def _consent_body(key: engine.CpcKey, value: int) -> dict[str, Any]:
+    return {
+        "msdynmkt_contactpointvalue": key[0],
+        "msdynmkt_contactpointtype": key[1],
+        "msdynmkt_value": value,
+        "msdynmkt_source": engine.CPC_OUR_SOURCE,
+        "msdynmkt_reason": "Didomi consent sync (airflow-provider-didomi-dynamics)",
+        "purpose_id": key[2],
+        "topic_id": key[3] or None,
+    }
+
+
+def test_the_contact_point_consent_checks_catch_a_lost_a_wrong_a_duplicated_and_an_invented_row(campaign: Any) -> None:
+    """The CPC checks themselves: rows written as the sync would, but one left out, one with the wrong value, one
+    twice and one for a user who has no contact (upsert_mode false) are each reported, in words."""
+    world = dataclasses.replace(engine.make_world(219, 40), upsert_mode=False, consent_rows=[])
+    pair = campaign.chaos
+    pair.load(world)
+    want, decided = engine.CpcState.read(pair, world).expected()
+    held = {engine.cpc_row_key(r) for r in pair.dataverse.consent_rows()}
+    to_write = sorted(k for k in decided if k not in held)
+    lost, wrong, twice = to_write[:3]
+    flipped = engine.OPTED_OUT if want[wrong] == engine.OPTED_IN else engine.OPTED_IN
+    contacts = {str(c["emailaddress1"]).casefold() for c in world.contacts}
+    stranger = next(
+        str(u["organization_user_id"])
+        for u in world.users
+        if u["organization_user_id"] and str(u["organization_user_id"]).casefold() not in contacts
+    )
+    invented = (stranger.casefold(), 534120000, pair.cpc_records["marketing"], "")
+    bodies = [_consent_body(k, flipped if k == wrong else want[k]) for k in to_write if k != lost]
+    bodies += [_consent_body(twice, want[twice]), _consent_body(invented, engine.OPTED_IN)]
+    pair.dataverse.add_consent_rows(bodies)
+
+    state = engine.CpcState.read(pair, world)
+    problems = [problem for check in engine.CPC_FORWARD_CHECKS for problem in check(state, "check")]
+
+    text = "\n".join(problems)
+    assert f"consent row of {decided[lost]} is missing (lost write" in text
+    assert f"consent row of {decided[wrong]} holds [{flipped}], Didomi says {want[wrong]}" in text
+    assert "1 consent row key(s) held more than once" in text
+    assert f"consent row {stranger.casefold()} marketing should not exist (invented write" in text
+    assert f"1 row(s) written for users without a contact: {stranger.casefold()}" in text
+    assert len(problems) == 5, text

@@ -123,7 +123,7 @@ class DataversePushContactsOperator(BaseOperator):
             retry_rows = queue.read() if queue is not None else None
         if config.target is Target.CONTACT_POINT_CONSENT:
             try:
-                report = push_contact_point_consents_for(hook, self.contacts, config, options)
+                report = push_contact_point_consents_for(hook, self.contacts, config, options, retry_rows=retry_rows)
             finally:
                 hook.close()
             return self.finish(report, options, ti, queue)

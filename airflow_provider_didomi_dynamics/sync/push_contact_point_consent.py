@@ -32,6 +32,8 @@ from airflow_provider_didomi_dynamics.sync.consent_plan import (
 
 log = logging.getLogger(__name__)
 
+REASON_COLUMN = "reason"  # why a queued row failed, for people reading XCom ``failed_rows``; not an input column
+
 CONSENT_COLUMNS = [
     "msdynmkt_contactpointconsent4id",
     "msdynmkt_contactpointvalue",
@@ -204,10 +206,16 @@ def push_contact_point_consents(
     key_attribute: str,
     attributes: Mapping[str, str],
     options: ConsentPushOptions,
+    retry_rows: Sequence[Mapping[str, Any]] = (),
 ) -> RunReport:
-    """One push; every (user, mapped record) pair ends created / updated / unchanged / skipped / failed."""
+    """One push; every (user, mapped record) pair ends created / updated / unchanged / skipped / failed.
+
+    ``retry_rows``: input rows earlier runs could not write (the task's retry queue), merged in behind ``users``;
+    ``report.retry_rows`` are the input rows of the users with at least one failed write, for the next run.
+    """
     started = time.monotonic()
     report = RunReport("push_contact_point_consent", dry_run=options.dry_run)
+    users = merge_retry_rows(users, retry_rows, report)
     phases: dict[str, float] = {}
     mark = time.monotonic()
 
@@ -258,6 +266,7 @@ def push_contact_point_consents(
     finally:
         if writer is not None:
             report.rows.extend(writer.finish())
+            report.retry_rows = writer.failed_inputs(users)
     phase("write")
     report.extra["plan"] = {name: counts.get(name, 0) for name in ("create", "update", "unchanged", "skipped")}
     report.extra["seconds_by_phase"] = phases  # where a slow run spent its time
@@ -277,8 +286,12 @@ class _Writer:
         self.hook, self.options = hook, options
         self.pool = ThreadPoolExecutor(max_workers=max(1, hook.parallelism), thread_name_prefix="cpc")
         self.futures: list[Any] = []
+        self.owners: dict[str, str] = {}  # a write's report key -> the organization_user_id of its input row
+        self.results: list[Any] = []
 
     def submit(self, plan: ConsentPlan) -> None:
+        for write in (*plan.creates, *plan.updates):
+            self.owners[write.key] = write.user_id
         size = self.options.batch_size
         for start in range(0, len(plan.creates), size):
             batch = plan.creates[start : start + size]
@@ -290,9 +303,48 @@ class _Writer:
     def finish(self) -> list[Any]:
         """Every written row's result, in plan order, once all batches are done."""
         try:
-            return [row for future in self.futures for row in future.result().rows]
+            self.results = [row for future in self.futures for row in future.result().rows]
+            return self.results
         finally:
             self.pool.shutdown(wait=True)
+
+    def failed_inputs(self, users: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """The input rows of the users with a failed write, with the first failure's reason: the next run's retry."""
+        reasons: dict[str, str] = {}
+        for row in self.results:
+            if row.outcome is Outcome.FAILED and row.key in self.owners:
+                reasons.setdefault(self.owners[row.key], row.reason)
+        if not reasons:
+            return []
+        return [
+            {**user, REASON_COLUMN: reasons[uid]}
+            for user in users
+            if (uid := str(user.get("organization_user_id") or "")) in reasons
+        ]
+
+
+def merge_retry_rows(
+    users: Sequence[Mapping[str, Any]], retry_rows: Sequence[Mapping[str, Any]], report: RunReport
+) -> list[Mapping[str, Any]]:
+    """The fresh rows, then the queued rows of users the fresh input lacks (ids compared case-insensitively, like
+    Dataverse): a fresh row is Didomi's latest state, so it wins; a queued row it supersedes is reported skipped."""
+    if not retry_rows:
+        return list(users)
+    fresh = {str(u.get("organization_user_id") or "").casefold() for u in users}
+    merged: list[Mapping[str, Any]] = list(users)
+    queued: list[str] = []
+    for row in retry_rows:
+        uid = str(row.get("organization_user_id") or "")
+        if not uid:
+            continue
+        queued.append(uid)
+        if uid.casefold() in fresh:
+            report.add(uid, Outcome.SKIPPED, f"superseded by a newer row for {uid}")
+            continue
+        fresh.add(uid.casefold())
+        merged.append({k: v for k, v in row.items() if k != REASON_COLUMN})
+    report.note_retried(queued)
+    return merged
 
 
 def _settled(
@@ -352,23 +404,14 @@ def _settle(
 
 
 def push_contact_point_consents_for(
-    hook: DataverseHook, contacts: Any, config: IntegrationConfig, options: Any
+    hook: DataverseHook, contacts: Any, config: IntegrationConfig, options: Any, retry_rows: Any = None
 ) -> RunReport:
     """The forward push for target ``contact_point_consent``: the mapped frame and the config, as the operator has them.
 
     ``options`` is the contact push's ``PushOptions`` (batch size, dry run); the rest comes from the config.
+    ``retry_rows``: the rows of earlier runs' failed users (the task's retry queue), a frame or a list of rows.
     """
-    import pandas as pd
-
-    frame = contacts if isinstance(contacts, pd.DataFrame) else pd.DataFrame(contacts or [])
-    users: list[dict[str, Any]] = (
-        [
-            {str(k): v for k, v in row.items()}
-            for row in frame.astype(object).where(frame.notna(), None).to_dict("records")
-        ]
-        if len(frame)
-        else []
-    )
+    users = _records(contacts)
     attributes = {kind.value: config.contact_point_attribute(kind) for kind in config.contact_point_types}
     consent_options = ConsentPushOptions(
         batch_size=options.batch_size,
@@ -377,5 +420,24 @@ def push_contact_point_consents_for(
         dry_run=options.dry_run,
     )
     return push_contact_point_consents(
-        hook, users, consent_records(config), config.contact_key_attribute, attributes, consent_options
+        hook,
+        users,
+        consent_records(config),
+        config.contact_key_attribute,
+        attributes,
+        consent_options,
+        retry_rows=_records(retry_rows),
     )
+
+
+def _records(data: Any) -> list[dict[str, Any]]:
+    """A frame or a list of rows as plain dicts, missing values as None."""
+    import pandas as pd
+
+    frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(list(data or []))
+    if not len(frame):
+        return []
+    return [
+        {str(k): v for k, v in row.items()}
+        for row in frame.astype(object).where(frame.notna(), None).to_dict("records")
+    ]

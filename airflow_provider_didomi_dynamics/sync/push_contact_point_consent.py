@@ -496,7 +496,7 @@ def _records(data: Any) -> list[dict[str, Any]]:
     frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(list(data or []))
     if not len(frame):
         return []
-    return [
-        {str(k): v for k, v in row.items()}
-        for row in frame.astype(object).where(frame.notna(), None).to_dict("records")
-    ]
+    # Column by column: several times faster than converting the whole frame, and it runs before the first request.
+    names = [str(name) for name in frame.columns]
+    columns = [column.astype(object).where(column.notna(), None).tolist() for _, column in frame.items()]
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]

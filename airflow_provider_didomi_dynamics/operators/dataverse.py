@@ -139,7 +139,7 @@ class DataversePushContactsOperator(BaseOperator):
                     retry_rows, superseded = superseded_by_other_chunks(retry_rows, chunk, contacts)
         if config.target is Target.CONTACT_POINT_CONSENT:
             try:
-                report = push_contact_point_consents_for(hook, contacts, config, options)
+                report = push_contact_point_consents_for(hook, contacts, config, options, retry_rows=retry_rows)
             finally:
                 hook.close()
             return self.finish(report, options, ti, queue, chunk)

@@ -50,6 +50,7 @@ class PlannedConsent:
     body: dict[str, Any]
     value: int
     row_key: RowKey
+    user_id: str = ""  # whose input row it comes from: a failed write sends that row to the retry queue
 
 
 @dataclass
@@ -146,7 +147,9 @@ def plan_consents(
             planned.add(key)
             held = current.get(key)
             if held is None:
-                plan.creates.append(PlannedConsent(label, _create_body(address, target, value, reason), value, key))
+                plan.creates.append(
+                    PlannedConsent(label, _create_body(address, target, value, reason), value, key, user_id)
+                )
             elif held.get("msdynmkt_value") == value:
                 plan.unchanged.append(label)
             else:
@@ -155,7 +158,7 @@ def plan_consents(
                     "msdynmkt_value": value,
                     "msdynmkt_reason": reason,
                 }
-                plan.updates.append(PlannedConsent(label, body, value, key))
+                plan.updates.append(PlannedConsent(label, body, value, key, user_id))
         for target in targets:
             if target.topic_id is not None and purpose_values.get(target.purpose_id) == OPTED_OUT:
                 label = f"{user_id} {target.label} ({target.contact_point_type})"

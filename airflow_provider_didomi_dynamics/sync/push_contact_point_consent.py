@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,8 @@ from airflow_provider_didomi_dynamics.sync.consent_plan import (
 )
 
 log = logging.getLogger(__name__)
+
+REASON_COLUMN = "reason"  # why a queued row failed, for people reading XCom ``failed_rows``; not an input column
 
 CONSENT_COLUMNS = [
     "msdynmkt_contactpointconsent4id",
@@ -61,6 +64,7 @@ class ConsentPushOptions:
     dry_run: bool = False
     reason: str = DIDOMI_REASON
     plan_chunk_users: int = 5_000  # users read and planned at a time, while earlier chunks are written
+    first_chunk_users: int = 1_000  # the first chunk, smaller so writing starts soon; chunks double up to the above
 
 
 def consent_records(config: IntegrationConfig, mappings: Sequence[ConsentMapping] | None = None) -> list[ConsentRecord]:
@@ -158,10 +162,11 @@ def contact_points_for(
     attributes: Mapping[str, str],
     options: ConsentPushOptions,
     report: RunReport,
+    parallelism: int | None = None,
 ) -> dict[str, dict[str, str | None]]:
     """organization_user_id -> contact point type -> value, from the matched (or, under upsert_mode, new) contacts."""
     select = list(dict.fromkeys([CONTACT.id_attribute, key_attribute, *attributes.values()]))
-    matched = hook.lookup_by_keys(key_attribute, user_ids, select)
+    matched = hook.lookup_by_keys(key_attribute, user_ids, select, parallelism=parallelism)
     missing = [uid for uid in user_ids if uid not in matched]
     if missing and options.upsert_mode and not options.dry_run:
         bodies = [{key_attribute: uid} for uid in missing]
@@ -175,13 +180,13 @@ def contact_points_for(
     return {uid: {kind: row.get(attribute) for kind, attribute in attributes.items()} for uid, row in matched.items()}
 
 
-def existing_rows(hook: DataverseHook, addresses: Iterable[str]) -> list[dict[str, Any]]:
+def existing_rows(
+    hook: DataverseHook, addresses: Iterable[str], parallelism: int | None = None
+) -> list[dict[str, Any]]:
     """The consent rows Dataverse holds for these contact point values (addresses, numbers)."""
     values = sorted(set(addresses))
     if not values:
         return []
-    from concurrent.futures import ThreadPoolExecutor
-
     column = "msdynmkt_contactpointvalue"
     chunks = hook.in_filter_chunks(CONTACT_POINT_CONSENT, column, values, CONSENT_COLUMNS)
 
@@ -192,7 +197,7 @@ def existing_rows(hook: DataverseHook, addresses: Iterable[str]) -> list[dict[st
         return found
 
     with ThreadPoolExecutor(
-        max_workers=max(1, min(hook.parallelism, len(chunks))), thread_name_prefix="cpc-read"
+        max_workers=max(1, min(parallelism or hook.parallelism, len(chunks))), thread_name_prefix="cpc-read"
     ) as pool:
         return [row for rows in pool.map(fetch, chunks) for row in rows]
 
@@ -204,10 +209,16 @@ def push_contact_point_consents(
     key_attribute: str,
     attributes: Mapping[str, str],
     options: ConsentPushOptions,
+    retry_rows: Sequence[Mapping[str, Any]] = (),
 ) -> RunReport:
-    """One push; every (user, mapped record) pair ends created / updated / unchanged / skipped / failed."""
+    """One push; every (user, mapped record) pair ends created / updated / unchanged / skipped / failed.
+
+    ``retry_rows``: input rows earlier runs could not write (the task's retry queue), merged in behind ``users``;
+    ``report.retry_rows`` are the input rows of the users with at least one failed write, for the next run.
+    """
     started = time.monotonic()
     report = RunReport("push_contact_point_consent", dry_run=options.dry_run)
+    users = merge_retry_rows(users, retry_rows, report)
     phases: dict[str, float] = {}
     mark = time.monotonic()
 
@@ -217,6 +228,10 @@ def push_contact_point_consents(
         phases[name] = round(now - mark, 3)
         mark = now
 
+    # Which bulk messages the org offers is asked beside the reads, not by the first writers while they wait.
+    side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpc-metadata")
+    messages = None if options.dry_run else side.submit(_ask_bulk_messages, hook)
+    side.shutdown(wait=False)
     targets = resolve_targets(hook, records)
     phase("resolve")
     user_ids = list(dict.fromkeys(str(u["organization_user_id"]) for u in users if u.get("organization_user_id")))
@@ -225,19 +240,14 @@ def push_contact_point_consents(
     counts: Counter[str] = Counter()
     writer = _Writer(hook, options) if not options.dry_run else None
     try:
-        # Users in chunks: while one chunk's batches are written, the next chunk's contacts and rows are read.
-        size = max(1, options.plan_chunk_users)
-        chunk_of = {uid: index // size for index, uid in enumerate(user_ids)}
-        chunks: list[list[Mapping[str, Any]]] = [[] for _ in range(-(-len(user_ids) // size))]
-        for user in users:
-            uid = str(user.get("organization_user_id") or "")
-            if uid in chunk_of:
-                chunks[chunk_of[uid]].append(user)
-        for number, chunk in enumerate(chunks):
-            chunk_ids = user_ids[number * size : (number + 1) * size]
-            points = contact_points_for(hook, chunk_ids, key_attribute, attributes, options, report)
+        # Users in chunks: while earlier chunks' batches are written, the next chunk's contacts and rows are read.
+        for number, (chunk_ids, chunk) in enumerate(_chunks(users, user_ids, options)):
+            # The first chunk reads on every lane (nothing is written yet); later ones in one lane beside the
+            # writers, so reading never spends the execution-time budget the writers need (a 429 stops them all).
+            lanes = None if number == 0 or writer is None else 1
+            points = contact_points_for(hook, chunk_ids, key_attribute, attributes, options, report, lanes)
             addresses = (v for by_type in points.values() for t, v in by_type.items() if t in types and v)
-            rows = existing_rows(hook, addresses)
+            rows = existing_rows(hook, addresses, lanes)
             plan = plan_consents(chunk, points, targets, rows, options.null_values, options.reason, planned)
             counts.update(plan.counts)
             for key in plan.unchanged:
@@ -253,11 +263,16 @@ def push_contact_point_consents(
                 for write in plan.updates:
                     report.add(write.key, Outcome.UPDATED, changes={"msdynmkt_value": write.value})
             else:
+                if messages is not None:
+                    wait([messages])  # an error stays there: the writers ask again and report it per batch
                 writer.submit(plan)
         phase("read_and_plan")
     finally:
+        if messages is not None:
+            wait([messages])
         if writer is not None:
             report.rows.extend(writer.finish())
+            report.retry_rows = writer.failed_inputs(users)
     phase("write")
     report.extra["plan"] = {name: counts.get(name, 0) for name in ("create", "update", "unchanged", "skipped")}
     report.extra["seconds_by_phase"] = phases  # where a slow run spent its time
@@ -267,32 +282,128 @@ def push_contact_point_consents(
     return report
 
 
+def _ask_bulk_messages(hook: DataverseHook) -> None:
+    """Ask early (the answer is cached); a failure here is left to the writers, whose batches then report it."""
+    for message in ("CreateMultiple", "UpdateMultiple"):
+        hook.has_bulk_message(message, CONTACT_POINT_CONSENT)
+
+
+def _chunks(
+    users: Sequence[Mapping[str, Any]], user_ids: Sequence[str], options: ConsentPushOptions
+) -> Iterator[tuple[list[str], list[Mapping[str, Any]]]]:
+    """(user ids, their input rows) in chunks: a small first one so the writers start soon, then doubling up to
+    ``plan_chunk_users`` (each chunk is read while the ones before it are written)."""
+    rows_of: dict[str, list[Mapping[str, Any]]] = {}
+    for user in users:
+        uid = str(user.get("organization_user_id") or "")
+        if uid:
+            rows_of.setdefault(uid, []).append(user)
+    limit = max(1, options.plan_chunk_users)
+    size = max(1, min(options.first_chunk_users, limit))
+    start = 0
+    while start < len(user_ids):
+        chunk_ids = list(user_ids[start : start + size])
+        yield chunk_ids, [row for uid in chunk_ids for row in rows_of[uid]]
+        start += size
+        size = min(limit, size * 2)
+
+
 class _Writer:
     """Batches of every chunk's plan, written in parallel (the hook's parallelism: Dataverse's recommended degree,
-    capped); the pacer and the 429 gate keep them within the service-protection budget."""
+    capped); the pacer and the 429 gate keep them within the service-protection budget.
+
+    Rows a chunk leaves short of a full batch wait for the next chunk's, so every batch but the last few is full;
+    the last ones are sized so the writers finish together instead of one writing alone at the end.
+    """
 
     def __init__(self, hook: DataverseHook, options: ConsentPushOptions) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self.hook, self.options = hook, options
-        self.pool = ThreadPoolExecutor(max_workers=max(1, hook.parallelism), thread_name_prefix="cpc")
+        self.writers = max(1, hook.parallelism)
+        self.pool = ThreadPoolExecutor(max_workers=self.writers, thread_name_prefix="cpc")
         self.futures: list[Any] = []
+        self.owners: dict[str, str] = {}  # a write's report key -> the organization_user_id of its input row
+        self.results: list[Any] = []
+        self.pending: dict[Outcome, list[PlannedConsent]] = {Outcome.CREATED: [], Outcome.UPDATED: []}
 
     def submit(self, plan: ConsentPlan) -> None:
-        size = self.options.batch_size
-        for start in range(0, len(plan.creates), size):
-            batch = plan.creates[start : start + size]
-            self.futures.append(self.pool.submit(_settled, self.hook, batch, Outcome.CREATED, _create(self.hook)))
-        for start in range(0, len(plan.updates), size):
-            batch = plan.updates[start : start + size]
-            self.futures.append(self.pool.submit(_settled, self.hook, batch, Outcome.UPDATED, _update(self.hook)))
+        for write in (*plan.creates, *plan.updates):
+            self.owners[write.key] = write.user_id
+        size = max(1, self.options.batch_size)
+        self.pending[Outcome.CREATED].extend(plan.creates)
+        self.pending[Outcome.UPDATED].extend(plan.updates)
+        for outcome, buffer in self.pending.items():
+            # Keep up to one batch back: the last batches are sized together in ``flush``.
+            while len(buffer) > size:
+                self._send(outcome, buffer[:size])
+                del buffer[:size]
+
+    def _send(self, outcome: Outcome, batch: list[PlannedConsent]) -> None:
+        send = _create(self.hook) if outcome is Outcome.CREATED else _update(self.hook)
+        self.futures.append(self.pool.submit(_settled, self.hook, batch, outcome, send))
+
+    def flush(self) -> None:
+        """The rows left, in as many batches as make whole rounds for every writer."""
+        size = max(1, self.options.batch_size)
+        left = {outcome: buffer for outcome, buffer in self.pending.items() if buffer}
+        if not left:
+            return
+        rows = sum(map(len, left.values()))
+        total = sum(-(-len(buffer) // size) for buffer in left.values())
+        while (len(self.futures) + total) % self.writers and total < rows:
+            total += 1
+        for outcome, buffer in left.items():  # about the same size for every last batch, whatever its kind
+            count = max(1, min(len(buffer), round(total * len(buffer) / rows)))
+            step = min(size, -(-len(buffer) // count))
+            for start in range(0, len(buffer), step):
+                self._send(outcome, buffer[start : start + step])
+            buffer.clear()
 
     def finish(self) -> list[Any]:
-        """Every written row's result, in plan order, once all batches are done."""
+        """Every written row's result, in the order the batches were sent, once all are done."""
         try:
-            return [row for future in self.futures for row in future.result().rows]
+            self.flush()
+            self.results = [row for future in self.futures for row in future.result().rows]
+            return self.results
         finally:
             self.pool.shutdown(wait=True)
+
+    def failed_inputs(self, users: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """The input rows of the users with a failed write, with the first failure's reason: the next run's retry."""
+        reasons: dict[str, str] = {}
+        for row in self.results:
+            if row.outcome is Outcome.FAILED and row.key in self.owners:
+                reasons.setdefault(self.owners[row.key], row.reason)
+        if not reasons:
+            return []
+        return [
+            {**user, REASON_COLUMN: reasons[uid]}
+            for user in users
+            if (uid := str(user.get("organization_user_id") or "")) in reasons
+        ]
+
+
+def merge_retry_rows(
+    users: Sequence[Mapping[str, Any]], retry_rows: Sequence[Mapping[str, Any]], report: RunReport
+) -> list[Mapping[str, Any]]:
+    """The fresh rows, then the queued rows of users the fresh input lacks (ids compared case-insensitively, like
+    Dataverse): a fresh row is Didomi's latest state, so it wins; a queued row it supersedes is reported skipped."""
+    if not retry_rows:
+        return list(users)
+    fresh = {str(u.get("organization_user_id") or "").casefold() for u in users}
+    merged: list[Mapping[str, Any]] = list(users)
+    queued: list[str] = []
+    for row in retry_rows:
+        uid = str(row.get("organization_user_id") or "")
+        if not uid:
+            continue
+        queued.append(uid)
+        if uid.casefold() in fresh:
+            report.add(uid, Outcome.SKIPPED, f"superseded by a newer row for {uid}")
+            continue
+        fresh.add(uid.casefold())
+        merged.append({k: v for k, v in row.items() if k != REASON_COLUMN})
+    report.note_retried(queued)
+    return merged
 
 
 def _settled(
@@ -352,23 +463,14 @@ def _settle(
 
 
 def push_contact_point_consents_for(
-    hook: DataverseHook, contacts: Any, config: IntegrationConfig, options: Any
+    hook: DataverseHook, contacts: Any, config: IntegrationConfig, options: Any, retry_rows: Any = None
 ) -> RunReport:
     """The forward push for target ``contact_point_consent``: the mapped frame and the config, as the operator has them.
 
     ``options`` is the contact push's ``PushOptions`` (batch size, dry run); the rest comes from the config.
+    ``retry_rows``: the rows of earlier runs' failed users (the task's retry queue), a frame or a list of rows.
     """
-    import pandas as pd
-
-    frame = contacts if isinstance(contacts, pd.DataFrame) else pd.DataFrame(contacts or [])
-    users: list[dict[str, Any]] = (
-        [
-            {str(k): v for k, v in row.items()}
-            for row in frame.astype(object).where(frame.notna(), None).to_dict("records")
-        ]
-        if len(frame)
-        else []
-    )
+    users = _records(contacts)
     attributes = {kind.value: config.contact_point_attribute(kind) for kind in config.contact_point_types}
     consent_options = ConsentPushOptions(
         batch_size=options.batch_size,
@@ -377,5 +479,24 @@ def push_contact_point_consents_for(
         dry_run=options.dry_run,
     )
     return push_contact_point_consents(
-        hook, users, consent_records(config), config.contact_key_attribute, attributes, consent_options
+        hook,
+        users,
+        consent_records(config),
+        config.contact_key_attribute,
+        attributes,
+        consent_options,
+        retry_rows=_records(retry_rows),
     )
+
+
+def _records(data: Any) -> list[dict[str, Any]]:
+    """A frame or a list of rows as plain dicts, missing values as None."""
+    import pandas as pd
+
+    frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(list(data or []))
+    if not len(frame):
+        return []
+    # Column by column: several times faster than converting the whole frame, and it runs before the first request.
+    names = [str(name) for name in frame.columns]
+    columns = [column.astype(object).where(column.notna(), None).tolist() for _, column in frame.items()]
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]

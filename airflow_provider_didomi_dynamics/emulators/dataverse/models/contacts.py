@@ -72,7 +72,8 @@ class Contacts(Webhooks):
             raise E.not_found("systemuser", str(value))
         out[meta.web_name] = m.group(2).lower()
 
-    def _check_injected(self, row: dict[str, Any], touched: Iterable[str]) -> None:
+    def _check_injected(self, row: dict[str, Any], touched: Iterable[str], entity: str = ENTITY) -> None:
+        """A write setting a column to a value ``fail_validation_for`` named fails, as a validation plug-in's would."""
         if not self._validation_failures:
             return
         for attribute, value in self._validation_failures:
@@ -83,7 +84,7 @@ class Contacts(Webhooks):
                         400,
                         E.VALIDATION,
                         f"A validation error occurred. The value '{row.get(attribute)}' of '{attribute}' on record "
-                        "of type 'contact' failed validation.",
+                        f"of type '{entity}' failed validation.",
                     )
 
     def _put(

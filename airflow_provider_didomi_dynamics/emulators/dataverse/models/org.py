@@ -130,7 +130,8 @@ class DataverseModel(ContactPointConsent):
         self._init_tables(consent_tables())
 
     def fail_validation_for(self, attribute: str, value: Any) -> None:
-        """Make any write that sets ``attribute`` to ``value`` fail with 0x80044331 (like a validation plug-in)."""
+        """Make any write that sets ``attribute`` to ``value`` fail with 0x80044331 (like a validation plug-in), on
+        contacts and on the other tables (e.g. ``msdynmkt_contactpointvalue`` of a consent row)."""
         with self._lock:
             self._validation_failures.add((attribute, value.lower() if isinstance(value, str) else value))
 

@@ -276,6 +276,7 @@ class Tables(Bulk):
             row[definition.primary_id] = rid
             stamp_created(row, *self._stamp(), caller)
             self._require_lookups(table, row)
+            self._check_injected(row, values, table.name)
             table.rows[rid] = row
             self._journal_put(table, rid, None)
             return row
@@ -303,6 +304,7 @@ class Tables(Bulk):
             new["_modifiedby_value"] = caller.user.systemuserid
             new["_modifiedonbehalfby_value"] = caller.app.user.systemuserid if caller.impersonating else None
             self._require_lookups(table, new)
+            self._check_injected(new, values, table.name)
             table.rows[key] = new
             self._journal_put(table, key, old)
             return new

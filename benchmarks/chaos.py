@@ -737,6 +737,15 @@ def arm_faults(rng: random.Random, pair: Pair, world: WorldData, phase: str, pla
 WRITE_MARKERS = ("Multiple", "$batch", "/v1/consents/events")
 
 
+def set_push_batch_size(dag: Any, size: int) -> None:
+    """The forward push's batch size for a world: a mapped task (one per chunk) keeps it in ``partial_kwargs``."""
+    task = dag.get_task("push_contacts")
+    if isinstance(getattr(task, "partial_kwargs", None), dict):
+        task.partial_kwargs["batch_size"] = size
+    else:
+        task.batch_size = size
+
+
 @contextlib.contextmanager
 def client_side_faults(pair: Pair, plan: FaultPlanForRun) -> Iterator[None]:
     """Faults the emulators cannot make: a write lands and then its response is lost, or the worker dies.
@@ -1538,7 +1547,7 @@ class Campaign:
         from airflow_provider_didomi_dynamics.hooks.dataverse import forget_bulk_support
 
         forget_bulk_support()
-        self.dags[FORWARD].get_task("push_contacts").batch_size = world.batch_size
+        set_push_batch_size(self.dags[FORWARD], world.batch_size)
 
     def _run_phase(
         self,

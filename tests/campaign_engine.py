@@ -46,7 +46,7 @@ def pair_fixtures(label: str) -> tuple[Any, Any, Any]:
             sync_pair.load(world)
             for name, value in {**sync_pair.environment(world), **overrides}.items():
                 monkeypatch.setenv(name, value)
-            dags[engine.FORWARD].get_task("push_contacts").batch_size = world.batch_size
+            engine.set_push_batch_size(dags[engine.FORWARD], world.batch_size)
             return sync_pair
 
         yield apply

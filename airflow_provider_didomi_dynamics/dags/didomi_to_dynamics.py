@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, TriggerRule, get_current_context, task
+from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param
 
 from airflow_provider_didomi_dynamics.dags import settings
-from airflow_provider_didomi_dynamics.operators.dataverse import DataversePushContactsOperator, settle_push_run
+from airflow_provider_didomi_dynamics.operators.dataverse import DataversePushContactsOperator
 from airflow_provider_didomi_dynamics.operators.didomi import DidomiPullConsentsOperator
-from airflow_provider_didomi_dynamics.operators.fail_fast import fails_fast
 from airflow_provider_didomi_dynamics.operators.mapping import ApplyConsentMappingOperator
 from airflow_provider_didomi_dynamics.operators.preflight import SyncPreflightOperator
 
@@ -29,14 +26,8 @@ the Didomi user's latest update keeps its values; one changed before it is check
 and if a two-way column still holds the person's newer value the row waits (*skipped*, "Dynamics changed later")
 until the reverse DAG has sent it to Didomi.
 
-**Chunks**: the pull writes the users as Parquet chunks (`DIDOMI_DYNAMICS_CHUNK_ROWS`, 50,000 by default) under
-`DIDOMI_DYNAMICS_CHUNK_PATH` (object storage: `s3://`, `gs://`, `abfs://`; `file://` under the Airflow home by
-default); `apply_mapping` and `push_contacts` are mapped over them, each task holding one chunk, and `push_report`
-adds the chunks' reports up. The pool `dataverse_api` caps how many chunks push at once.
-
 **Outcomes**: every user ends *created*, *updated*, *unchanged*, *skipped* (no contact and `upsert_mode` false,
-or no `organization_user_id`) or *failed* (with Dataverse's message). See the `push_report` return value (it adds up the
-`push_contacts` report of each chunk).
+or no `organization_user_id`) or *failed* (with Dataverse's message). See the `push_contacts` return value.
 Failed rows wait in the task's retry queue (Variable `didomi_dynamics_retry.didomi_to_dynamics.push_contacts.<target>`)
 and the next run, scheduled or triggered by hand, retries them. Clearing and re-running any task is safe: nothing is
 written twice.
@@ -72,28 +63,20 @@ def build_dag() -> DAG:
             until="{{ params.until }}",
             full_sync="{{ params.full_sync }}",
             organization_user_ids="{{ params.organization_user_ids }}",
-            chunked=True,  # Parquet chunks under object storage; the next two tasks are mapped over them
             pool=settings.DIDOMI_POOL,
             inlets=[Asset("didomi://consents/users")],
         )
-        apply_mapping = ApplyConsentMappingOperator.partial(
-            task_id="apply_mapping", config=settings.config_source()
-        ).expand(users=pull_consents.output)
-        push_contacts = DataversePushContactsOperator.partial(
+        apply_mapping = ApplyConsentMappingOperator(
+            task_id="apply_mapping", users=pull_consents.output, config=settings.config_source()
+        )
+        push_contacts = DataversePushContactsOperator(
             task_id="push_contacts",
+            contacts=apply_mapping.output,
             config=settings.config_source(),
             dry_run="{{ params.dry_run }}",
             didomi_conn_id="didomi_default",  # Didomi's event history decides per-field conflicts
-            pool=settings.DATAVERSE_POOL,  # its slots cap how many chunks push at once (one budget in Dataverse)
+            pool=settings.DATAVERSE_POOL,
             outlets=[Asset("dataverse://contacts")],
-        ).expand(contacts=apply_mapping.output)
-
-        @task(task_id="push_report", trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS)
-        @fails_fast
-        def push_report(chunks: list[dict[str, Any]]) -> dict[str, Any]:
-            """The run's report from every chunk's, and the retry queue written once (``sync/chunk_reports.py``)."""
-            return settle_push_run(chunks, get_current_context()["ti"])
-
-        preflight >> pull_consents
-        push_contacts >> push_report(pull_consents.output)  # type: ignore[arg-type]  # resolved at run time
+        )
+        preflight >> pull_consents >> apply_mapping >> push_contacts
     return dag

@@ -16,25 +16,16 @@ from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_didomi_dynamics.core.coerce import flag, guid_list
 from airflow_provider_didomi_dynamics.core.config import IntegrationConfig, Target, load_config
-from airflow_provider_didomi_dynamics.core.report import Outcome, RunReport, enforce_failure_threshold
+from airflow_provider_didomi_dynamics.core.report import RunReport, enforce_failure_threshold
 from airflow_provider_didomi_dynamics.core.windows import DEFAULT_LOOKBACK, SyncWindow, resolve_window
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
 from airflow_provider_didomi_dynamics.operators.fail_fast import fails_fast
-from airflow_provider_didomi_dynamics.sync.chunk_reports import failed_name, report_name, settle_run
-from airflow_provider_didomi_dynamics.sync.chunks import (
-    SUPERSEDED_BY_OTHER_CHUNK,
-    ChunkRef,
-    is_chunk_ref,
-    read_frame,
-    superseded_by_other_chunks,
-    write_json,
-)
 from airflow_provider_didomi_dynamics.sync.pull_contact_point_consent import pull_consent_changes
 from airflow_provider_didomi_dynamics.sync.pull_contacts import pull_contacts
 from airflow_provider_didomi_dynamics.sync.push_contact_point_consent import push_contact_point_consents_for
 from airflow_provider_didomi_dynamics.sync.push_contacts import PushOptions, push_contacts
-from airflow_provider_didomi_dynamics.sync.retry_queue import RetryQueue, hand_over, plain_rows
+from airflow_provider_didomi_dynamics.sync.retry_queue import RetryQueue, hand_over
 from airflow_provider_didomi_dynamics.sync.rows_file import write_rows_file
 
 
@@ -125,70 +116,42 @@ class DataversePushContactsOperator(BaseOperator):
         )
         retry_rows = self.retry_rows
         ti = context.get("ti") if isinstance(context, Mapping) else None
-        chunk = ChunkRef.from_xcom(self.contacts) if is_chunk_ref(self.contacts) else None
-        contacts = read_frame(chunk.path()) if chunk is not None else self.contacts
         hook = self.make_hook(config)
         queue = None
-        superseded: list[str] = []
         if retry_rows is None and self.retry_previous_failures and ti is not None:
-            # chunked: one queue for the whole mapped task, which the first chunk takes and the run's last task refills
-            queue = RetryQueue.for_task(ti, hook.settings.instance_url, mapped=chunk is None)
-            if queue is not None and (chunk is None or chunk.index == 0):
-                retry_rows = queue.read()
-                if chunk is not None and chunk.count > 1 and retry_rows:
-                    retry_rows, superseded = superseded_by_other_chunks(retry_rows, chunk, contacts)
+            queue = RetryQueue.for_task(ti, hook.settings.instance_url)
+            retry_rows = queue.read() if queue is not None else None
         if config.target is Target.CONTACT_POINT_CONSENT:
             try:
-                report = push_contact_point_consents_for(hook, contacts, config, options, retry_rows=retry_rows)
+                report = push_contact_point_consents_for(hook, self.contacts, config, options, retry_rows=retry_rows)
             finally:
                 hook.close()
-            return self.finish(report, options, ti, queue, chunk)
+            return self.finish(report, options, ti, queue)
         didomi = DidomiHook(self.didomi_conn_id) if self.didomi_conn_id else None
         try:
             history = didomi.event_histories if didomi is not None else None
-            report = push_contacts(hook, contacts, config, options, retry_rows=retry_rows, event_history=history)
+            report = push_contacts(hook, self.contacts, config, options, retry_rows=retry_rows, event_history=history)
         finally:
             hook.close()
             if didomi is not None:
                 didomi.close()
-        for key in superseded:
-            report.add(key, Outcome.SKIPPED, SUPERSEDED_BY_OTHER_CHUNK)
-        return self.finish(report, options, ti, queue, chunk)
+        return self.finish(report, options, ti, queue)
 
-    def finish(
-        self, report: RunReport, options: PushOptions, ti: Any, queue: Any, chunk: ChunkRef | None = None
-    ) -> dict[str, Any]:
-        """Hand failed rows over, push the report, enforce the thresholds: the same for both targets.
-
-        A chunk of a mapped push leaves its report and failed rows in the run's chunk folder instead: the run's
-        last task merges them and writes the retry queue once (``sync/chunk_reports.py``).
-        """
+    def finish(self, report: RunReport, options: PushOptions, ti: Any, queue: Any) -> dict[str, Any]:
+        """Hand failed rows over, push the report, enforce the thresholds: the same for both targets."""
         if ti is not None and not options.dry_run:
-            if chunk is None:
-                hand_over(ti, queue, report.retry_rows)
-            else:
-                hand_over(ti, None, report.retry_rows)  # XCom failed_rows only
-                write_json(plain_rows(report.retry_rows), chunk.path(failed_name(chunk.index)))
+            hand_over(ti, queue, report.retry_rows)
         result = report.as_dict(rows_file=write_rows_file(report, ti))
-        if chunk is not None:
-            result["chunk"] = chunk.index
-            result["retry_queue"] = queue.key if queue is not None and not options.dry_run else None
-            write_json(result, chunk.path(report_name(chunk.index)))
         if ti is not None:  # the XCom list shows a string as it is: the one line a person reads first
             ti.xcom_push(key="summary", value=result["summary"])
-        try:
-            self.check_threshold(report, result, ti)
-            if report.unavailable and not options.dry_run:
-                if ti is not None:
-                    ti.xcom_push(key="report", value=result)
-                raise AirflowException(
-                    f"Dataverse did not answer for {report.counts['failed']} row(s) ({report.unavailable[0]}); "
-                    "every other row was written, the failed ones are retried"
-                )
-        except AirflowException as err:
-            if chunk is not None:  # the run's last task must know this chunk's task failed
-                write_json({**result, "raised": str(err)}, chunk.path(report_name(chunk.index)))
-            raise
+        self.check_threshold(report, result, ti)
+        if report.unavailable and not options.dry_run:
+            if ti is not None:
+                ti.xcom_push(key="report", value=result)
+            raise AirflowException(
+                f"Dataverse did not answer for {report.counts['failed']} row(s) ({report.unavailable[0]}); "
+                "every other row was written, the failed ones are retried"
+            )
         return result
 
     def check_threshold(self, report: RunReport, result: dict[str, Any], ti: Any) -> None:
@@ -200,24 +163,6 @@ class DataversePushContactsOperator(BaseOperator):
             self.failure_threshold_percent,
             "every other row was written",
         )
-
-
-def settle_push_run(chunks: Any, ti: Any) -> dict[str, Any]:
-    """The last task of a chunked forward run: merge the chunk reports, write the retry queue once, fail the task
-    when a chunk's push failed (after its rows were handed over), so the run ends failed and a person looks."""
-    merged, unfinished = settle_run(list(chunks or []))
-    raised = [r for r in (merged.get("raised_by_chunk") or [])]
-    if ti is not None:
-        ti.xcom_push(key="summary", value=merged["summary"])
-    if unfinished or raised:
-        if ti is not None:
-            ti.xcom_push(key="report", value=merged)
-        what = [f"chunk {i} did not finish" for i in unfinished] + list(raised)
-        raise AirflowException(
-            f"{len(what)} chunk push(es) failed ({'; '.join(what)[:500]}); the other chunks were written, failed "
-            "rows wait in the retry queue and the chunk files are kept, so clearing the failed task re-reads them"
-        )
-    return merged
 
 
 class DataversePullContactsOperator(BaseOperator):

@@ -53,11 +53,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from airflow_provider_didomi_dynamics.local import DEMO_CONFIG
 
 CONFIG_TEMPLATE_TEXT = DEMO_CONFIG.read_text()  # read once; parsed afresh for every environment
 FORWARD = "didomi_to_dynamics"
 REVERSE = "dynamics_to_didomi"
+FORWARD_PUSH = "push_chunks"  # the forward push, mapped over the run's chunks; "push_contacts" holds the run report
 CONTACT, CPC = "contact", "contact_point_consent"  # properties.target of a world
 PURPOSES: dict[str, dict[str, list[str]]] = {
     "newsletter": {"frequency": ["daily", "weekly", "monthly"]},
@@ -152,9 +155,47 @@ class RunRecord:
     task_states: dict[str, str]
     xcoms: dict[tuple[str, str], Any]
     cleared: int = 0  # how many times failed tasks were cleared and re-run inside this DAG run
+    mapped_xcoms: dict[tuple[str, str], dict[int, Any]] = field(default_factory=dict)
 
     def value(self, task_id: str, key: str = "return_value") -> Any:
         return self.xcoms.get((task_id, key))
+
+    def values(self, task_id: str, key: str = "return_value") -> list[Any]:
+        """Every map index's value of a mapped task (an unmapped one: its value), in map-index order."""
+        if (task_id, key) in self.mapped_xcoms:
+            return [v for _, v in sorted(self.mapped_xcoms[(task_id, key)].items())]
+        return [self.xcoms[(task_id, key)]] if (task_id, key) in self.xcoms else []
+
+    @classmethod
+    def of(cls, phase: str, dag_id: str, outcome: Any, cleared: int = 0) -> RunRecord:
+        return cls(
+            phase,
+            dag_id,
+            outcome.run_id,
+            outcome.state,
+            outcome.task_states,
+            outcome.xcoms,
+            cleared,
+            outcome.mapped_xcoms,
+        )
+
+    def forward_chunks(self) -> tuple[int | None, dict[str, int], pd.DataFrame | None]:
+        """A forward run as its mapped tasks saw it: users pulled, the chunks' mapping counts added up, and the
+        contacts frame every chunk's push received (from the kept chunk files); None where a task left nothing."""
+        from airflow_provider_didomi_dynamics.sync.chunks import ChunkRef, is_chunk_ref, read_frame
+
+        refs = self.value("pull_consents")
+        pulled = sum(int(r["rows"]) for r in refs) if isinstance(refs, list) else None
+        mapping: dict[str, int] = {}
+        for report in self.values("apply_mapping", "mapping_report"):
+            for name, n in report.items():
+                mapping[name] = mapping.get(name, 0) + int(n)
+        mapped = [v for v in self.values("apply_mapping") if is_chunk_ref(v)]
+        expected = refs if isinstance(refs, list) else []
+        if not expected or len(mapped) != len(expected):
+            return pulled, mapping, None
+        frames = [read_frame(ChunkRef.from_xcom(v).path()) for v in mapped]
+        return pulled, mapping, pd.concat(frames, ignore_index=True) if frames else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -178,6 +219,7 @@ class WorldData:
     target: str = "contact"  # properties.target: CONTACT or CPC (Contact Point Consent rows)
     null_values: str = "skip"
     consent_rows: list[SeededConsent] = field(default_factory=list)  # CPC: rows Dataverse holds before the runs
+    chunk_rows: int | None = None  # users per chunk of the forward run (None: the default, one chunk here)
 
 
 def make_world(seed: int, users: int, target: str | None = None) -> WorldData:
@@ -291,6 +333,9 @@ def make_world(seed: int, users: int, target: str | None = None) -> WorldData:
         didomi_changes=later,
         unique_sources=unique_sources,
     )
+    # Half the worlds split the forward run into chunks pushed by mapped tasks (own generator: the seeds' other
+    # draws, which tests name by seed, stay what they were).
+    world.chunk_rows = random.Random(f"chunks-{seed}").choice([None, None, 16, 37])
     if (target or (CPC if seed % 4 == 3 else CONTACT)) == CPC:
         return make_cpc_world(seed, world)
     return world
@@ -441,6 +486,9 @@ class Pair:
                 }
             ),
             "AIRFLOW_VAR_DIDOMI_DYNAMICS_CONFIG": json.dumps(config),
+            # the invariants read what each chunk's tasks saw: keep the chunk files of successful runs too
+            "DIDOMI_DYNAMICS_KEEP_CHUNKS": "1",
+            **({"DIDOMI_DYNAMICS_CHUNK_ROWS": str(world.chunk_rows)} if world.chunk_rows else {}),
         }
 
     # -- what people do between the runs ---------------------------------------------------------------------
@@ -622,10 +670,12 @@ def clear_and_rerun(dag: Any, run_id: str) -> Any:
     try:
         query = select(DagRun).where(DagRun.dag_id == dag.dag_id, DagRun.run_id == run_id)
         dag_run = session.scalars(query).one()
+        instances = dag_run.get_task_instances(session=session)
+        failed_ids = {ti.task_id for ti in instances if ti.state == TaskInstanceState.FAILED}
+        # as the UI's Clear with "Downstream" ticked: the failed tasks and everything after them, whatever its state
+        after = {d for t in failed_ids for d in dag.get_task(t).get_flat_relative_ids(upstream=False)}
         failed = [
-            ti
-            for ti in dag_run.get_task_instances(session=session)
-            if ti.state in (TaskInstanceState.FAILED, TaskInstanceState.UPSTREAM_FAILED)
+            ti for ti in instances if ti.task_id in failed_ids | after or ti.state == TaskInstanceState.UPSTREAM_FAILED
         ]
         clear_task_instances(failed, session, dag_run_state=DagRunState.RUNNING)
         session.commit()
@@ -738,8 +788,8 @@ WRITE_MARKERS = ("Multiple", "$batch", "/v1/consents/events")
 
 
 def set_push_batch_size(dag: Any, size: int) -> None:
-    """The forward push's batch size for a world (the campaign and the targeted chaos tests set it alike)."""
-    dag.get_task("push_contacts").batch_size = size
+    """The forward push's batch size for a world: the mapped push (one task per chunk) keeps it in its partial."""
+    dag.get_task(FORWARD_PUSH).partial_kwargs["batch_size"] = size
 
 
 @contextlib.contextmanager
@@ -799,6 +849,13 @@ def client_side_faults(pair: Pair, plan: FaultPlanForRun) -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def note_chunks(result: Any, record: RunRecord) -> None:
+    """The most chunks a forward run of the scenario was split into (the campaign says how many worlds had >1)."""
+    refs = record.value("pull_consents") if record.dag_id == FORWARD else None
+    if isinstance(refs, list):
+        result.stats["max_chunks"] = max(result.stats.get("max_chunks", 0), len(refs))
+
+
 def check_report_accounting(record: RunRecord, upsert_mode: bool) -> list[str]:
     """Every row a push task received has exactly one outcome in its report, and the counts add up."""
     where = f"{record.phase} {record.dag_id} {record.run_id}"
@@ -810,11 +867,14 @@ def check_report_accounting(record: RunRecord, upsert_mode: bool) -> list[str]:
     # A push that wrote what it could and then failed its task (an API that stopped answering) leaves its report
     # under the XCom key "report"; it must account for every row all the same.
     report = record.value(push) or record.value(push, "report")
-    frame = record.value(source)
-    pulled = record.value(upstream)
-    mapping = record.value(source, "mapping_report") or {}
-    if pulled is not None and mapping:
-        rows = len(pulled)
+    if record.dag_id == FORWARD:
+        rows, mapping, frame = record.forward_chunks()
+    else:
+        frame = record.value(source)
+        pulled = record.value(upstream)
+        rows = None if pulled is None else len(pulled)
+        mapping = record.value(source, "mapping_report") or {}
+    if rows is not None and mapping:
         if record.dag_id == FORWARD:
             accounted = (
                 mapping.get("contacts", 0)
@@ -1293,7 +1353,7 @@ def check_cpc_report_accounting(record: RunRecord, world: WorldData) -> list[str
     rows file), the counts add up, and no contact is created without upsert_mode."""
     where = f"{record.phase} {record.dag_id} {record.run_id}"
     report = record.value("push_contacts") or record.value("push_contacts", "report")
-    frame = record.value("apply_mapping")
+    _, _, frame = record.forward_chunks()
     if report is None:
         return [f"{where}: the run succeeded without a push_contacts report"] if record.state == "success" else []
     problems: list[str] = []
@@ -1448,6 +1508,7 @@ class Campaign:
             "alternate_key": world.alternate_key,
             "bulk_messages": world.bulk_messages,
             "batch_size": world.batch_size,
+            **({"chunk_rows": world.chunk_rows} if world.chunk_rows else {}),
         }
         rng = random.Random(f"faults-{seed}")
         if world.target == CPC:
@@ -1481,6 +1542,7 @@ class Campaign:
                 runs = self._run_phase(self.chaos, world, phase, dag_id, rng, result, verbose=verbose, log=log)
                 for record in runs:
                     result.violations += check_report_accounting(record, world.upsert_mode)
+                    note_chunks(result, record)
                 result.violations += check_no_duplicates(self.chaos, phase)
                 result.violations += check_same_state(self.reference, self.chaos, phase)
                 last = runs[-1].value("push_contacts" if dag_id == FORWARD else "push_consents") or {}
@@ -1520,6 +1582,7 @@ class Campaign:
                 runs = self._run_phase(pair, world, phase, FORWARD, rng, result, verbose=verbose, log=log)
                 for record in runs:
                     result.violations += check_cpc_report_accounting(record, world)
+                    note_chunks(result, record)
                     report = record.value("push_contacts") or record.value("push_contacts", "report") or {}
                     result.stats.update({k: v for k, v in report.get("counts", {}).items() if v})
                 if phase == "cpc-forward-3":
@@ -1576,7 +1639,7 @@ class Campaign:
             if verbose:
                 log(f"    {pair.name} {phase} run {attempt}: {outcome.state} in {time.monotonic() - run_started:.1f}s")
             result.runs += 1
-            record = RunRecord(phase, dag_id, outcome.run_id, outcome.state, outcome.task_states, outcome.xcoms)
+            record = RunRecord.of(phase, dag_id, outcome)
             result.faults += plan.kinds
             for clear in range(MAX_CLEAR_AND_RERUN + 1):
                 if record.state == "success":
@@ -1588,9 +1651,7 @@ class Campaign:
                 if verbose:
                     log(f"    {pair.name} {phase} cleared: {outcome.state} in {time.monotonic() - run_started:.1f}s")
                 result.runs += 1
-                record = RunRecord(
-                    phase, dag_id, outcome.run_id, outcome.state, outcome.task_states, outcome.xcoms, clear + 1
-                )
+                record = RunRecord.of(phase, dag_id, outcome, clear + 1)
             records.append(record)
             push = record.value("push_contacts" if dag_id == FORWARD else "push_consents") or {}
             if any("failed validation" in str(row.get("reason")) for row in push.get("failed", [])):
@@ -1712,7 +1773,8 @@ def main(argv: list[str] | None = None) -> int:
             f"scenario {entry['seed']:>5}: {fired:>3} fault(s), {entry['runs']:>2} DAG run(s), "
             f"{len(entry['violations'])} violation(s), {entry['seconds']:5.1f}s  "
             f"({cpc}upsert_mode={settings.get('upsert_mode')}, alternate_key={settings.get('alternate_key')}, "
-            f"bulk_messages={settings.get('bulk_messages')}, batch_size={settings.get('batch_size')})  {kinds}"
+            f"bulk_messages={settings.get('bulk_messages')}, batch_size={settings.get('batch_size')}, "
+            f"chunks={entry.get('stats', {}).get('max_chunks', 1)})  {kinds}"
         )
         for line in entry.get("log", []):
             print(line)
@@ -1729,6 +1791,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "scenarios": len(results),
                 "by_target": dict(by_target),
+                "chunked": sum(1 for e in results if e.get("stats", {}).get("max_chunks", 1) > 1),
                 "faults": sum(faults.values()),
                 "violations": violations,
             }

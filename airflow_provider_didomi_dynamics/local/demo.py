@@ -159,7 +159,7 @@ def main(workdir: Path = Path(".demo"), users: int = 5000, quiet_airflow: bool =
             if result.state != "success":
                 raise SystemExit(f"{name}: run ended {result.state}: {result.task_states}")
             row = report_row(name, report, time.monotonic() - t0)
-            mapping = (
+            mapping = report.get("mapping") or (  # a chunked run's report adds its chunks' mapping reports up
                 result.value(
                     push_task.replace("push_contacts", "apply_mapping").replace("push_consents", "reverse_mapping"),
                     "mapping_report",

@@ -63,10 +63,18 @@ class DagRunResult:
     run_id: str
     state: str
     task_states: dict[str, str] = field(default_factory=dict)
-    xcoms: dict[tuple[str, str], Any] = field(default_factory=dict)
+    xcoms: dict[tuple[str, str], Any] = field(default_factory=dict)  # a mapped task: its last map index's
+    mapped_xcoms: dict[tuple[str, str], dict[int, Any]] = field(default_factory=dict)  # map index -> value
+    mapped_states: dict[str, dict[int, str]] = field(default_factory=dict)
 
     def value(self, task_id: str, key: str = "return_value") -> Any:
         return self.xcoms.get((task_id, key))
+
+    def values(self, task_id: str, key: str = "return_value") -> list[Any]:
+        """Every map index's value of a mapped task, in map-index order (an unmapped task: its one value)."""
+        if (task_id, key) in self.mapped_xcoms:
+            return [v for _, v in sorted(self.mapped_xcoms[(task_id, key)].items())]
+        return [self.xcoms[(task_id, key)]] if (task_id, key) in self.xcoms else []
 
 
 def load_dag(dag_id: str, dags_folder: Path | None = None) -> Any:
@@ -113,11 +121,16 @@ def collect(dag_id: str, run_id: str) -> DagRunResult:
     with create_session() as session:
         dag_run = session.scalars(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)).one()
         result = DagRunResult(dag_id, run_id, str(dag_run.state))
-        for ti in dag_run.get_task_instances(session=session):
+        for ti in sorted(dag_run.get_task_instances(session=session), key=lambda t: t.map_index):
             result.task_states[ti.task_id] = str(ti.state)
-        rows: Any = session.scalars(XComModel.get_many(run_id=run_id, dag_ids=dag_id))
-        for row in rows:
-            result.xcoms[(row.task_id, row.key)] = _deserialize(row)
+            if ti.map_index >= 0:
+                result.mapped_states.setdefault(ti.task_id, {})[ti.map_index] = str(ti.state)
+        rows: Any = session.scalars(XComModel.get_many(run_id=run_id, dag_ids=dag_id, map_indexes=None))
+        for row in sorted(rows, key=lambda r: r.map_index):
+            value = _deserialize(row)
+            result.xcoms[(row.task_id, row.key)] = value
+            if row.map_index >= 0:
+                result.mapped_xcoms.setdefault((row.task_id, row.key), {})[row.map_index] = value
     return result
 
 

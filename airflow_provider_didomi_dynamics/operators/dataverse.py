@@ -11,22 +11,36 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
-from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk import BaseOperator, TriggerRule
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_didomi_dynamics.core.coerce import flag, guid_list
 from airflow_provider_didomi_dynamics.core.config import IntegrationConfig, Target, load_config
-from airflow_provider_didomi_dynamics.core.report import RunReport, enforce_failure_threshold
+from airflow_provider_didomi_dynamics.core.report import Outcome, RunReport, enforce_failure_threshold
 from airflow_provider_didomi_dynamics.core.windows import DEFAULT_LOOKBACK, SyncWindow, resolve_window
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
 from airflow_provider_didomi_dynamics.operators.fail_fast import fails_fast
+from airflow_provider_didomi_dynamics.sync.chunk_reports import (
+    failed_name,
+    forget_chunk_outcome,
+    report_name,
+    settle_run,
+)
+from airflow_provider_didomi_dynamics.sync.chunks import (
+    SUPERSEDED_BY_OTHER_CHUNK,
+    ChunkRef,
+    is_chunk_ref,
+    read_frame,
+    superseded_by_other_chunks,
+    write_json,
+)
 from airflow_provider_didomi_dynamics.sync.pull_contact_point_consent import pull_consent_changes
 from airflow_provider_didomi_dynamics.sync.pull_contacts import pull_contacts
 from airflow_provider_didomi_dynamics.sync.push_contact_point_consent import push_contact_point_consents_for
 from airflow_provider_didomi_dynamics.sync.push_contacts import PushOptions, push_contacts
-from airflow_provider_didomi_dynamics.sync.retry_queue import RetryQueue, hand_over
-from airflow_provider_didomi_dynamics.sync.rows_file import write_rows_file
+from airflow_provider_didomi_dynamics.sync.retry_queue import FAILED_ROWS_XCOM_KEY, RetryQueue, hand_over, plain_rows
+from airflow_provider_didomi_dynamics.sync.rows_file import join_rows_files, write_rows_file
 
 
 class DataversePushContactsOperator(BaseOperator):
@@ -81,9 +95,11 @@ class DataversePushContactsOperator(BaseOperator):
         failure_threshold_percent: float | str | None = None,
         use_alternate_key: bool | None = None,
         didomi_conn_id: str | None = None,
+        settled_by: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.settled_by = settled_by
         self.didomi_conn_id = didomi_conn_id
         self.contacts = contacts
         self.config = config
@@ -116,42 +132,77 @@ class DataversePushContactsOperator(BaseOperator):
         )
         retry_rows = self.retry_rows
         ti = context.get("ti") if isinstance(context, Mapping) else None
+        chunk = ChunkRef.from_xcom(self.contacts) if is_chunk_ref(self.contacts) else None
+        if chunk is not None:
+            forget_chunk_outcome(chunk)  # a cleared chunk that dies now must not look finished by its last try
+        contacts = read_frame(chunk.path()) if chunk is not None else self.contacts
         hook = self.make_hook(config)
         queue = None
+        superseded: list[str] = []
         if retry_rows is None and self.retry_previous_failures and ti is not None:
-            queue = RetryQueue.for_task(ti, hook.settings.instance_url)
-            retry_rows = queue.read() if queue is not None else None
+            # chunked: one queue for the whole mapped task, named after the report task that settles the run; the
+            # first chunk takes it and the report task refills it
+            queue = RetryQueue.for_task(
+                ti, hook.settings.instance_url, mapped=chunk is None, task_id=self.settled_by if chunk else None
+            )
+            if queue is not None and (chunk is None or chunk.index == 0):
+                retry_rows = queue.read()
+                if chunk is not None and chunk.count > 1 and retry_rows:
+                    retry_rows, superseded = superseded_by_other_chunks(retry_rows, chunk, contacts)
         if config.target is Target.CONTACT_POINT_CONSENT:
             try:
-                report = push_contact_point_consents_for(hook, self.contacts, config, options, retry_rows=retry_rows)
+                report = push_contact_point_consents_for(hook, contacts, config, options, retry_rows=retry_rows)
             finally:
                 hook.close()
-            return self.finish(report, options, ti, queue)
-        didomi = DidomiHook(self.didomi_conn_id) if self.didomi_conn_id else None
-        try:
-            history = didomi.event_histories if didomi is not None else None
-            report = push_contacts(hook, self.contacts, config, options, retry_rows=retry_rows, event_history=history)
-        finally:
-            hook.close()
-            if didomi is not None:
-                didomi.close()
-        return self.finish(report, options, ti, queue)
+        else:
+            didomi = DidomiHook(self.didomi_conn_id) if self.didomi_conn_id else None
+            try:
+                history = didomi.event_histories if didomi is not None else None
+                report = push_contacts(hook, contacts, config, options, retry_rows=retry_rows, event_history=history)
+            finally:
+                hook.close()
+                if didomi is not None:
+                    didomi.close()
+        if superseded:  # queued rows this chunk took and settled: retried too, as the report counts them
+            report.note_retried([*report.extra.get("retried_keys", []), *superseded])
+        for key in superseded:
+            report.add(key, Outcome.SKIPPED, SUPERSEDED_BY_OTHER_CHUNK)
+        return self.finish(report, options, ti, queue, chunk)
 
-    def finish(self, report: RunReport, options: PushOptions, ti: Any, queue: Any) -> dict[str, Any]:
-        """Hand failed rows over, push the report, enforce the thresholds: the same for both targets."""
+    def finish(
+        self, report: RunReport, options: PushOptions, ti: Any, queue: Any, chunk: ChunkRef | None = None
+    ) -> dict[str, Any]:
+        """Hand failed rows over, push the report, enforce the thresholds: the same for both targets.
+
+        A chunk of a mapped push leaves its report and failed rows in the run's chunk folder instead: the run's
+        last task merges them and writes the retry queue once (``sync/chunk_reports.py``).
+        """
         if ti is not None and not options.dry_run:
-            hand_over(ti, queue, report.retry_rows)
+            if chunk is None:
+                hand_over(ti, queue, report.retry_rows)
+            else:
+                hand_over(ti, None, report.retry_rows)  # XCom failed_rows only
+                write_json(plain_rows(report.retry_rows), chunk.path(failed_name(chunk.index)))
         result = report.as_dict(rows_file=write_rows_file(report, ti))
+        if chunk is not None:
+            result["chunk"] = chunk.index
+            result["retry_queue"] = queue.key if queue is not None and not options.dry_run else None
+            write_json(result, chunk.path(report_name(chunk.index)))
         if ti is not None:  # the XCom list shows a string as it is: the one line a person reads first
             ti.xcom_push(key="summary", value=result["summary"])
-        self.check_threshold(report, result, ti)
-        if report.unavailable and not options.dry_run:
-            if ti is not None:
-                ti.xcom_push(key="report", value=result)
-            raise AirflowException(
-                f"Dataverse did not answer for {report.counts['failed']} row(s) ({report.unavailable[0]}); "
-                "every other row was written, the failed ones are retried"
-            )
+        try:
+            self.check_threshold(report, result, ti)
+            if report.unavailable and not options.dry_run:
+                if ti is not None:
+                    ti.xcom_push(key="report", value=result)
+                raise AirflowException(
+                    f"Dataverse did not answer for {report.counts['failed']} row(s) ({report.unavailable[0]}); "
+                    "every other row was written, the failed ones are retried"
+                )
+        except AirflowException as err:
+            if chunk is not None:  # the run's last task must know this chunk's task failed
+                write_json({**result, "raised": str(err)}, chunk.path(report_name(chunk.index)))
+            raise
         return result
 
     def check_threshold(self, report: RunReport, result: dict[str, Any], ti: Any) -> None:
@@ -163,6 +214,63 @@ class DataversePushContactsOperator(BaseOperator):
             self.failure_threshold_percent,
             "every other row was written",
         )
+
+
+class DataversePushReportOperator(BaseOperator):
+    """The last task of a chunked forward run: one run report from every chunk's push, the retry queue written once.
+
+    Runs when every chunk push is done, succeeded or not (``all_done``): it adds the chunk reports up (with the
+    mapping reports of ``mapping_task_id``), replaces the retry queue with the failed rows of every chunk, removes the
+    run's chunk files when all went well, and fails (without retries: a retry cannot change what the chunks did)
+    when a chunk push failed, after its rows were handed over. Returns the run report, as an unchunked push does.
+    """
+
+    ui_color = "#e3f2fd"
+
+    def __init__(
+        self, *, chunks_task_id: str = "pull_consents", mapping_task_id: str = "apply_mapping", **kwargs: Any
+    ) -> None:
+        kwargs.setdefault("trigger_rule", TriggerRule.ALL_DONE)
+        super().__init__(**kwargs)
+        self.chunks_task_id = chunks_task_id
+        self.mapping_task_id = mapping_task_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        ti = context["ti"]
+        chunks = ti.xcom_pull(task_ids=self.chunks_task_id)
+        if not chunks:  # failing (not skipping) keeps the run failed: this task is its only leaf
+            raise AirflowFailException(
+                f"nothing was pushed: {self.chunks_task_id} left no chunks (it or a task before it failed; its log "
+                "says why)"
+            )
+        merged, unfinished = settle_run(list(chunks))
+        ti.xcom_push(key=FAILED_ROWS_XCOM_KEY, value=merged.pop("failed_rows_sample"))
+        rows_file = join_rows_files(list(merged.pop("rows_files", [])), ti)
+        if rows_file:
+            merged["rows_file"] = rows_file
+        mapping = mapped_values(ti.xcom_pull(task_ids=self.mapping_task_id, key="mapping_report"))
+        if mapping:
+            merged["mapping"] = {k: sum(int(m.get(k) or 0) for m in mapping) for k in mapping[0]}
+        ti.xcom_push(key="summary", value=merged["summary"])
+        raised = list(merged.get("raised_by_chunk") or [])
+        if unfinished or raised:
+            ti.xcom_push(key="report", value=merged)
+            what = [f"chunk {i} did not finish" for i in unfinished] + raised
+            raise AirflowFailException(
+                f"{len(what)} chunk push(es) failed ({'; '.join(what)[:500]}); the other chunks were written, failed "
+                "rows wait in the retry queue and the chunk files are kept, so clearing the failed task re-reads them"
+            )
+        self.log.info("%s", merged["summary"])
+        return merged
+
+
+def mapped_values(value: Any) -> list[dict[str, Any]]:
+    """XCom of a mapped task as a list of dicts (Airflow hands back one value, a list, or a lazy sequence)."""
+    if value is None:
+        return []
+    if isinstance(value, Mapping):
+        return [dict(value)]
+    return [dict(v) for v in value if isinstance(v, Mapping)]
 
 
 class DataversePullContactsOperator(BaseOperator):

@@ -18,7 +18,8 @@ from airflow_provider_didomi_dynamics.core.report import RunReport, enforce_fail
 from airflow_provider_didomi_dynamics.core.windows import DEFAULT_LOOKBACK, SyncWindow, resolve_window
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
 from airflow_provider_didomi_dynamics.operators.fail_fast import fails_fast
-from airflow_provider_didomi_dynamics.sync.pull_consents import pull_consents
+from airflow_provider_didomi_dynamics.sync.chunks import chunk_rows_setting, run_folder
+from airflow_provider_didomi_dynamics.sync.pull_consents import pull_consents, pull_consents_to_chunks
 from airflow_provider_didomi_dynamics.sync.push_consents import ConsentPushOptions, push_consents
 from airflow_provider_didomi_dynamics.sync.retry_queue import RetryQueue, hand_over
 from airflow_provider_didomi_dynamics.sync.rows_file import write_rows_file
@@ -41,9 +42,20 @@ class DidomiPullConsentsOperator(BaseOperator):
     :param page_size: users per request (the API's maximum is 100).
     :param http_retry_policy: the HTTP retry policy of the hook (default: the shared one); Airflow's own
         ``retry_policy`` for task retries is left to BaseOperator.
+    :param chunked: write the users as Parquet chunks under object storage (``sync/chunks.py``) and return a list
+        of chunk refs, for mapping and push tasks mapped over them (``.expand``); memory and XCom hold one chunk at
+        most. Default False: return the whole frame.
+    :param chunk_rows: users per chunk (default ``DIDOMI_DYNAMICS_CHUNK_ROWS``, else 50,000).
     """
 
-    template_fields: Sequence[str] = ("since", "until", "full_sync", "organization_user_ids", "didomi_conn_id")
+    template_fields: Sequence[str] = (
+        "since",
+        "until",
+        "full_sync",
+        "organization_user_ids",
+        "didomi_conn_id",
+        "chunk_rows",
+    )
     ui_color = "#fde9d9"
 
     def __init__(
@@ -57,9 +69,13 @@ class DidomiPullConsentsOperator(BaseOperator):
         page_size: int = 100,
         lookback: dt.timedelta | None = DEFAULT_LOOKBACK,
         http_retry_policy: RetryPolicy | None = None,
+        chunked: bool = False,
+        chunk_rows: int | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.chunked = chunked
+        self.chunk_rows = chunk_rows
         self.didomi_conn_id = didomi_conn_id
         self.lookback = lookback
         self.http_retry_policy = http_retry_policy
@@ -86,18 +102,26 @@ class DidomiPullConsentsOperator(BaseOperator):
         return window
 
     @fails_fast
-    def execute(self, context: Context) -> pd.DataFrame:
+    def execute(self, context: Context) -> pd.DataFrame | list[dict[str, Any]]:
         targeted = id_list(self.organization_user_ids)
         window = None if targeted else self.resolve_window(context)
+        ti = context.get("ti")
         hook = self.make_hook()
         try:
-            frame, stats = pull_consents(hook, window, organization_user_ids=targeted, page_size=self.page_size)
+            if self.chunked:
+                folder = run_folder(ti.dag_id, ti.run_id, "chunks") if ti is not None else run_folder("-", "-", "-")
+                rows = chunk_rows_setting(self.chunk_rows)
+                refs, stats = pull_consents_to_chunks(
+                    hook, window, folder, chunk_rows=rows, organization_user_ids=targeted, page_size=self.page_size
+                )
+                result: pd.DataFrame | list[dict[str, Any]] = [ref.to_xcom() for ref in refs]
+            else:
+                result, stats = pull_consents(hook, window, organization_user_ids=targeted, page_size=self.page_size)
         finally:
             hook.close()
-        ti = context.get("ti")
         if ti is not None:
             ti.xcom_push(key="pull_report", value=stats)
-        return frame
+        return result
 
 
 class DidomiPushConsentsOperator(BaseOperator):

@@ -17,13 +17,16 @@ from airflow_provider_didomi_dynamics.mapping.forward import forward_map
 from airflow_provider_didomi_dynamics.mapping.reverse import reverse_map
 from airflow_provider_didomi_dynamics.mapping.reverse_consent import reverse_consent_map
 from airflow_provider_didomi_dynamics.operators.fail_fast import fails_fast
+from airflow_provider_didomi_dynamics.sync.chunks import ChunkRef, is_chunk_ref, read_frame, write_frame
 from airflow_provider_didomi_dynamics.sync.pull_contacts import column_defaults
 
 
 class ApplyConsentMappingOperator(BaseOperator):
     """Didomi -> Dynamics: flattened consent users -> one row per contact with the mapped attributes.
 
-    :param users: the flattened frame from ``DidomiPullConsentsOperator`` (an XComArg).
+    :param users: the flattened frame from ``DidomiPullConsentsOperator`` (an XComArg), or one chunk of it (a
+        ``ChunkRef``, when the pull writes chunks and this task is mapped over them): then the mapped rows go to
+        a Parquet file beside the chunk and the task returns its ref.
     :param config: the integration config (dict, JSON text, file path) or None for the Airflow Variable.
     """
 
@@ -36,9 +39,16 @@ class ApplyConsentMappingOperator(BaseOperator):
         self.config = config
 
     @fails_fast
-    def execute(self, context: Context) -> pd.DataFrame:
+    def execute(self, context: Context) -> Any:
         config = load_config(self.config)
-        frame = self.users if isinstance(self.users, pd.DataFrame) else pd.DataFrame()
+        chunk = ChunkRef.from_xcom(self.users) if is_chunk_ref(self.users) else None
+        if chunk is not None:
+            frame = read_frame(chunk.path())
+            superseded = frame["organization_user_id"].isin(chunk.exclude) if chunk.exclude else None
+            if superseded is not None and superseded.any():  # their newer row is in another chunk
+                frame = frame[~superseded].reset_index(drop=True)
+        else:
+            frame = self.users if isinstance(self.users, pd.DataFrame) else pd.DataFrame()
         result = forward_map(frame, config)
         self.log.info(
             "mapped %d consent user(s) to %d contact row(s) over %d attribute(s); "
@@ -55,10 +65,14 @@ class ApplyConsentMappingOperator(BaseOperator):
                 "users": len(frame),
                 "contacts": len(result.frame),
                 "skipped_missing_organization_user_id": result.missing_key,
-                "duplicates_dropped": result.duplicates_dropped,
+                "duplicates_dropped": result.duplicates_dropped + (len(chunk.exclude) if chunk else 0),
             },
         )
-        return result.frame
+        if chunk is None:
+            return result.frame
+        mapped = chunk.sibling("contacts", len(result.frame))
+        write_frame(result.frame, mapped.path())
+        return mapped.to_xcom()
 
 
 class ReverseConsentMappingOperator(BaseOperator):

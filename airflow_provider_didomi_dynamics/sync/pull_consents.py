@@ -19,6 +19,7 @@ from airflow_provider_didomi_dynamics.core.progress import Progress
 from airflow_provider_didomi_dynamics.core.windows import SyncWindow
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
 from airflow_provider_didomi_dynamics.mapping.flatten import UserFrameBuilder
+from airflow_provider_didomi_dynamics.sync.chunks import ChunkedUsers, ChunkRef
 
 log = logging.getLogger(__name__)
 
@@ -34,41 +35,72 @@ def pull_consents(
 
     The report (XCom ``pull_report``) counts what was scanned and kept, and names the window and why it was chosen.
     """
-    started = time.monotonic()
     builder = UserFrameBuilder()
-    stats: dict[str, Any] = {"scanned": 0, "kept": 0, "pages": 0, "no_updated_at": 0}
+    stats = _scan(hook, window, organization_user_ids, page_size, builder)
+    frame = builder.to_frame()
+    missing_key = int(frame["organization_user_id"].isna().sum()) if len(frame) else 0
+    return frame, _finish(hook, stats, len(frame), missing_key)
+
+
+def pull_consents_to_chunks(
+    hook: DidomiHook,
+    window: SyncWindow | None,
+    folder: str,
+    *,
+    chunk_rows: int,
+    organization_user_ids: Sequence[str] = (),
+    page_size: int = 100,
+) -> tuple[list[ChunkRef], dict[str, Any]]:
+    """The same pull, streamed into Parquet chunk files under ``folder``: memory holds one chunk, XCom the refs."""
+    sink = ChunkedUsers(folder, chunk_rows)
+    stats = _scan(hook, window, organization_user_ids, page_size, sink)
+    refs = sink.finish()
+    stats.update(chunks=len(refs), chunk_rows=chunk_rows, duplicates_across_chunks=sink.duplicates_across_chunks)
+    return refs, _finish(hook, stats, sink.rows_written, sink.without_key)
+
+
+def _scan(
+    hook: DidomiHook, window: SyncWindow | None, organization_user_ids: Sequence[str], page_size: int, sink: Any
+) -> dict[str, Any]:
+    """Feed the users of the window (or the targeted ones) into ``sink`` page by page; the counts."""
+    started = time.monotonic()
+    stats: dict[str, Any] = {"scanned": 0, "kept": 0, "pages": 0, "no_updated_at": 0, "started": started}
     if organization_user_ids:
         targeted = list(organization_user_ids)
         found = hook.get_users(targeted)
-        builder.add_users(found[i] for i in targeted if i in found)
+        sink.add_users(found[i] for i in targeted if i in found)
         stats.update(scanned=len(found), kept=len(found), missing=[i for i in targeted if i not in found])
         stats["window"] = {"why": f"targeted re-sync of {len(targeted)} organization user id(s)"}
         if stats["missing"]:
             log.warning("%d organization user id(s) have no Didomi user", len(stats["missing"]))
+        return stats
+    window = window or SyncWindow(None, None, "everything")
+    since, until = window.start, window.end
+    stats["window"] = {
+        "since": since.isoformat() if since else None,
+        "until": until.isoformat() if until else None,
+        "why": window.source,
+    }
+    if window.is_full:
+        log.info("pulling every Didomi user (%s)", window.source)
     else:
-        window = window or SyncWindow(None, None, "everything")
-        since, until = window.start, window.end
-        stats["window"] = {
-            "since": since.isoformat() if since else None,
-            "until": until.isoformat() if until else None,
-            "why": window.source,
-        }
-        if window.is_full:
-            log.info("pulling every Didomi user (%s)", window.source)
-        else:
-            log.info("pulling Didomi users with updated_at in %s", window.describe())
-        progress = Progress("pull_consents", log, unit="users scanned", throttled=lambda: hook.throttled_429)
-        for page in hook.iter_users(page_size):
-            stats["pages"] += 1
-            stats["scanned"] += len(page)
-            kept = page if window.is_full else _in_window(page, window, stats)
-            builder.add_users(kept)
-            stats["kept"] += len(kept)
-            progress.set(stats["scanned"], f"{stats['kept']:,} kept")
-    frame = builder.to_frame()
+        log.info("pulling Didomi users with updated_at in %s", window.describe())
+    progress = Progress("pull_consents", log, unit="users scanned", throttled=lambda: hook.throttled_429)
+    for page in hook.iter_users(page_size):
+        stats["pages"] += 1
+        stats["scanned"] += len(page)
+        kept = page if window.is_full else _in_window(page, window, stats)
+        sink.add_users(kept)
+        stats["kept"] += len(kept)
+        progress.set(stats["scanned"], f"{stats['kept']:,} kept")
+    return stats
+
+
+def _finish(hook: DidomiHook, stats: dict[str, Any], rows: int, missing_key: int) -> dict[str, Any]:
+    started = stats.pop("started")
     stats.update(
-        rows=len(frame),
-        without_organization_user_id=int(frame["organization_user_id"].isna().sum()) if len(frame) else 0,
+        rows=rows,
+        without_organization_user_id=missing_key,
         http_requests=hook.http_requests,
         throttled_429=hook.throttled_429,
         seconds=round(time.monotonic() - started, 3),
@@ -81,7 +113,7 @@ def pull_consents(
         stats["without_organization_user_id"],
         stats["seconds"],
     )
-    return frame, stats
+    return stats
 
 
 def _in_window(page: list[Any], window: SyncWindow, stats: dict[str, Any]) -> list[Any]:

@@ -44,12 +44,17 @@ class RetryQueue:
         self.key = key
 
     @classmethod
-    def for_task(cls, ti: Any, target: str) -> RetryQueue | None:
-        """The queue of the task instance ``ti``; None when not running as an Airflow task (no Variables there)."""
-        dag_id, task_id = getattr(ti, "dag_id", None), getattr(ti, "task_id", None)
+    def for_task(cls, ti: Any, target: str, *, mapped: bool = True, task_id: str | None = None) -> RetryQueue | None:
+        """The queue of the task instance ``ti``; None when not running as an Airflow task (no Variables there).
+
+        ``mapped`` False: one queue for every map index of the task (a push mapped over a run's chunks, whose
+        number changes from run to run); ``task_id`` names the queue after another task (the run's report task,
+        which a person knows), instead of ``ti``'s.
+        """
+        dag_id, task_id = getattr(ti, "dag_id", None), task_id or getattr(ti, "task_id", None)
         if not isinstance(dag_id, str) or not isinstance(task_id, str):
             return None
-        map_index = getattr(ti, "map_index", -1)
+        map_index = getattr(ti, "map_index", -1) if mapped else -1
         return cls(queue_key(dag_id, task_id, target, map_index if isinstance(map_index, int) else -1))
 
     def read(self) -> list[dict[str, Any]]:

@@ -57,7 +57,7 @@ def test_an_invalid_config_fails_preflight_on_its_first_try(
     assert run.state == "failed"
     assert run.task_states["preflight"] == "failed"
     assert tries(run, "preflight") == (1, []), "no up_for_retry: a retry cannot fix a config"
-    assert run.task_states["push_contacts"] == "upstream_failed"
+    assert run.task_states["push_contacts"] == "failed"  # the report task: nothing was pushed
     assert "upsert_mode: must be true or false" in log  # the JSON path and what to do
     assert "AirflowFailException: Variable didomi_dynamics_config has 1 problem(s)" in log
     assert sync.contacts() == before
@@ -73,7 +73,7 @@ def test_a_dataverse_outage_during_the_push_goes_up_for_retry_and_the_retry_writ
     missing = set(users) - set(before)
     sync.dataverse.faults.arm("status", 50, status=503, path_contains="UpsertMultiple", method="POST")
     dag = load_dag(FORWARD)
-    push = dag.get_task("push_contacts")
+    push = dag.get_task("push_chunks")  # the mapped push (one chunk here); push_contacts holds the run report
     push.retry_delay = dt.timedelta(0)  # the shipped minute of backoff, shortened for the test
     push.retry_exponential_backoff = False
     up_for_retry: list[int] = []
@@ -89,7 +89,7 @@ def test_a_dataverse_outage_during_the_push_goes_up_for_retry_and_the_retry_writ
     out, err = capfd.readouterr()
     assert f"Dataverse did not answer for {len(missing)} row(s)" in out + err
     assert up_for_retry == [1], "the first try went up_for_retry"
-    assert tries(run, "push_contacts") == (2, ["failed"]), "the UI shows a failed first try and a second one"
+    assert tries(run, "push_chunks") == (2, ["failed"]), "the UI shows a failed first try and a second one"
     assert run.state == "success", run.task_states
     report = push_report(run, "push_contacts")
     assert_accounted(report, len(users))

@@ -29,6 +29,7 @@ from airflow_provider_didomi_dynamics.sync.chunk_reports import (
 )
 from airflow_provider_didomi_dynamics.sync.chunks import (
     SUPERSEDED_BY_OTHER_CHUNK,
+    SUPERSEDED_IN_OTHER_CHUNK,
     ChunkRef,
     is_chunk_ref,
     read_frame,
@@ -167,6 +168,8 @@ class DataversePushContactsOperator(BaseOperator):
             report.note_retried([*report.extra.get("retried_keys", []), *superseded])
         for key in superseded:
             report.add(key, Outcome.SKIPPED, SUPERSEDED_BY_OTHER_CHUNK)
+        for key in chunk.exclude if chunk is not None else ():  # the mapping left them out: reported here, once
+            report.add(key, Outcome.SKIPPED, SUPERSEDED_IN_OTHER_CHUNK)
         return self.finish(report, options, ti, queue, chunk)
 
     def finish(

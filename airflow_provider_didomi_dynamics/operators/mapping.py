@@ -17,7 +17,7 @@ from airflow_provider_didomi_dynamics.mapping.forward import forward_map
 from airflow_provider_didomi_dynamics.mapping.reverse import reverse_map
 from airflow_provider_didomi_dynamics.mapping.reverse_consent import reverse_consent_map
 from airflow_provider_didomi_dynamics.operators.fail_fast import fails_fast
-from airflow_provider_didomi_dynamics.sync.chunks import ChunkRef, is_chunk_ref, read_frame, write_frame
+from airflow_provider_didomi_dynamics.sync.chunks import ChunkRef, excluded_rows, is_chunk_ref, read_frame, write_frame
 from airflow_provider_didomi_dynamics.sync.pull_contacts import column_defaults
 
 
@@ -44,17 +44,19 @@ class ApplyConsentMappingOperator(BaseOperator):
         chunk = ChunkRef.from_xcom(self.users) if is_chunk_ref(self.users) else None
         if chunk is not None:
             frame = read_frame(chunk.path())
-            superseded = frame["organization_user_id"].isin(chunk.exclude) if chunk.exclude else None
-            if superseded is not None and superseded.any():  # their newer row is in another chunk
-                frame = frame[~superseded].reset_index(drop=True)
         else:
             frame = self.users if isinstance(self.users, pd.DataFrame) else pd.DataFrame()
         result = forward_map(frame, config)
+        contacts, elsewhere = result.frame, []
+        if chunk is not None:  # rows whose newer version another chunk holds: this chunk's push reports them skipped
+            superseded = excluded_rows(contacts, chunk)
+            elsewhere = [str(k) for k in contacts.loc[superseded, "organization_user_id"]]
+            contacts = contacts[~superseded].reset_index(drop=True)
         self.log.info(
             "mapped %d consent user(s) to %d contact row(s) over %d attribute(s); "
             "%d left out without organization_user_id, %d older duplicate(s) dropped",
             len(frame),
-            len(result.frame),
+            len(contacts),
             len(config.forward_mappings),
             result.missing_key,
             result.duplicates_dropped,
@@ -63,15 +65,17 @@ class ApplyConsentMappingOperator(BaseOperator):
             key="mapping_report",
             value={
                 "users": len(frame),
-                "contacts": len(result.frame),
+                "contacts": len(contacts),
                 "skipped_missing_organization_user_id": result.missing_key,
-                "duplicates_dropped": result.duplicates_dropped + (len(chunk.exclude) if chunk else 0),
+                "duplicates_dropped": result.duplicates_dropped,
+                **({"superseded_in_other_chunk": len(elsewhere)} if chunk is not None else {}),
             },
         )
         if chunk is None:
-            return result.frame
-        mapped = chunk.sibling("contacts", len(result.frame))
-        write_frame(result.frame, mapped.path())
+            return contacts
+        mapped = chunk.sibling("contacts", len(contacts))
+        mapped.exclude = elsewhere  # exactly the rows left out, one key each, for the push to report
+        write_frame(contacts, mapped.path())
         return mapped.to_xcom()
 
 

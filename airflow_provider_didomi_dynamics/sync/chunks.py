@@ -56,8 +56,9 @@ class ChunkRef:
         return cls(**data)
 
     def sibling(self, prefix: str, rows: int, suffix: str = "parquet") -> ChunkRef:
-        """The ref of a file derived from this chunk (the mapped contacts, ...), same index and folder."""
-        return ChunkRef(self.folder, self.index, self.count, rows, f"{prefix}-{self.index:05d}.{suffix}")
+        """The ref of a file derived from this chunk (the mapped contacts, ...): same index, folder and exclusions."""
+        name = f"{prefix}-{self.index:05d}.{suffix}"
+        return ChunkRef(self.folder, self.index, self.count, rows, name, list(self.exclude))
 
     def path(self, name: str | None = None) -> Any:
         return storage_path(self.folder) / (name or self.name)
@@ -122,8 +123,9 @@ def read_json(path: Any) -> Any:
 
 
 def key_hashes(keys: Iterable[Any]) -> np.ndarray:
-    """64-bit hashes of organization user ids (exact text, as the forward mapping deduplicates)."""
-    values = np.asarray([k if isinstance(k, str) else "" for k in keys], dtype=object)
+    """64-bit hashes of organization user ids, case-folded: Dataverse matches ``Ann@x.com`` and ``ann@x.com`` to one
+    contact, so two chunks holding them would race for it."""
+    values = np.asarray([k.casefold() if isinstance(k, str) else "" for k in keys], dtype=object)
     return pd.util.hash_array(values).astype(np.uint64) if len(values) else np.zeros(0, dtype=np.uint64)
 
 
@@ -199,6 +201,7 @@ class ChunkedUsers:
             return
         keys = frame[KEY_COLUMN].astype(object).where(frame[KEY_COLUMN].notna(), None).to_numpy()
         present = np.asarray([isinstance(k, str) and bool(k.strip()) for k in keys], dtype=bool)
+        # rows of one key inside this chunk: the push settles them (newest wins, the others reported superseded)
         keys = keys[present]
         self.without_key += int(len(present) - present.sum())
         stamps = (
@@ -220,11 +223,11 @@ class ChunkedUsers:
             _, mine, theirs = np.intersect1d(hashes, old_hashes, assume_unique=True, return_indices=True)
             old_holds = self._holds[earlier]
             for at, other in zip(mine.tolist(), theirs.tolist(), strict=True):
-                if not old_holds[other] or not holds[at] or keys[at] != old_keys[other]:
+                if not old_holds[other] or not holds[at] or keys[at].casefold() != old_keys[other].casefold():
                     continue  # settled already, or a 64-bit hash collision of two different ids (both stay)
                 self.duplicates_across_chunks += 1
                 if stamps[at] >= old_stamps[other]:  # the later chunk wins a tie, as the later row does in a frame
-                    self.refs[earlier].exclude.append(str(keys[at]))
+                    self.refs[earlier].exclude.append(str(old_keys[other]))
                     old_holds[other] = False
                 else:
                     ref.exclude.append(str(keys[at]))
@@ -233,6 +236,14 @@ class ChunkedUsers:
         self._hashes.append(hashes)
         self._stamps.append(stamps)
         self._keys.append(keys)
+
+
+def excluded_rows(frame: pd.DataFrame, chunk: ChunkRef) -> pd.Series:
+    """Which rows of a chunk's frame another chunk supersedes (keys compared case-folded, as Dataverse does)."""
+    if not chunk.exclude or KEY_COLUMN not in frame.columns:
+        return pd.Series(False, index=frame.index)
+    gone = {k.casefold() for k in chunk.exclude}
+    return frame[KEY_COLUMN].map(lambda k: isinstance(k, str) and k.casefold() in gone).astype(bool)
 
 
 def run_key_hashes(ref: ChunkRef) -> np.ndarray:
@@ -255,18 +266,19 @@ def contains(sorted_hashes: np.ndarray, keys: Iterable[Any]) -> np.ndarray:
 
 
 SUPERSEDED_BY_OTHER_CHUNK = "superseded: an earlier run could not write this row, a newer one of this run replaces it"
+SUPERSEDED_IN_OTHER_CHUNK = "superseded: another chunk of this run writes a newer row for this organization_user_id"
 
 
 def superseded_by_other_chunks(
     queued: list[dict[str, Any]], chunk: ChunkRef, frame: pd.DataFrame
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Queued rows to retry in this chunk, and the keys of those whose fresh row another chunk of the run writes."""
-    here = set(frame[KEY_COLUMN].dropna().astype(str)) if KEY_COLUMN in frame.columns else set()
+    here = {k.casefold() for k in frame[KEY_COLUMN].dropna().astype(str)} if KEY_COLUMN in frame.columns else set()
     keys = [str(row.get(KEY_COLUMN) or "") for row in queued]
     in_run = contains(run_key_hashes(chunk), keys)
     kept, superseded = [], []
     for row, key, elsewhere in zip(queued, keys, in_run.tolist(), strict=True):
-        if elsewhere and key not in here:
+        if elsewhere and key.casefold() not in here:
             superseded.append(key)
         else:
             kept.append(row)
@@ -287,10 +299,12 @@ __all__ = [
     "CHUNK_PATH_ENV",
     "CHUNK_ROWS_ENV",
     "SUPERSEDED_BY_OTHER_CHUNK",
+    "SUPERSEDED_IN_OTHER_CHUNK",
     "ChunkRef",
     "ChunkedUsers",
     "chunk_rows_setting",
     "contains",
+    "excluded_rows",
     "is_chunk_ref",
     "read_frame",
     "read_json",

@@ -152,3 +152,21 @@ def test_one_person_in_two_chunks_is_written_once_from_the_newest_row_and_the_ol
     twins = [c for c in sync.contact_rows() if str(c["emailaddress1"]).casefold() == "twin@example.com"]
     assert len(twins) == 1
     assert twins[0]["donotbulkemail"] is True, "the newer row (newsletter withdrawn) wins, whatever the chunk order"
+
+
+def test_an_incremental_run_that_finds_nothing_writes_one_empty_chunk_and_nothing_else(
+    sync: Sync, chunks_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sync.seed(users=USERS)
+    monkeypatch.setenv("DIDOMI_DYNAMICS_KEEP_CHUNKS", "1")  # to look at what the pull wrote
+    writes = sync.dataverse_writes()
+
+    result = sync.forward(since="2030-01-01T00:00:00Z")  # a window no user changed in
+
+    assert result.state == "success", result.task_states
+    pull = result.value("pull_consents", "pull_report")
+    assert pull["scanned"] == USERS and pull["kept"] == 0 and pull["chunks"] == 1
+    assert [name for name in chunk_files(chunks_home) if name.startswith("users-")] == ["users-00000.parquet"]
+    report = push_report(result, "push_contacts")
+    assert report["total"] == 0 and report["chunks"] == 1
+    assert sync.dataverse_writes() == writes

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +52,7 @@ def celery(tmp_path: Path) -> Iterator[LocalAirflow]:
     local = LocalAirflow(tmp_path / "airflow-celery", command="airflow-celery", extra=("--users", str(USERS)))
     try:
         local.login(local.wait_for_banner())
+        print(f"airflow-celery ready {time.monotonic() - local.started:.1f} s after the command started")
         yield local
     finally:
         seconds = local.stop()

@@ -5,20 +5,24 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test lint airflow emulate bench clean
+.PHONY: install services demo test lint airflow airflow-celery emulate bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -e ".[emulators,test,lint]"
+	$(PY) -m pip install --quiet -e ".[emulators,celery,test,lint]"
 	@touch $(STAMP)
 
 install: $(STAMP)
 
+# redis-server and PostgreSQL for airflow-celery and its end-to-end test: apt-get installs them when missing.
+services:
+	.ci/install-services
+
 demo: $(STAMP)
 	$(VENV)/bin/didomi-dynamics demo
 
-test: $(STAMP)
+test: $(STAMP) services
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -q
 
 lint: $(STAMP)
@@ -31,6 +35,11 @@ lint: $(STAMP)
 airflow: $(STAMP)
 	$(VENV)/bin/didomi-dynamics airflow
 
+# A distributed Airflow on this machine: scheduler, api-server, dag-processor and two Celery workers, with a Redis
+# broker and PostgreSQL as the metadata database, all wired to the emulators (demo data). UI on http://localhost:8080.
+airflow-celery: $(STAMP) services
+	$(VENV)/bin/didomi-dynamics airflow-celery
+
 emulate: $(STAMP)
 	$(VENV)/bin/didomi-dynamics emulate --seed demo
 
@@ -38,4 +47,4 @@ bench: $(STAMP)
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .emulators .demo .airflow-local build *.egg-info
+	rm -rf $(VENV) .emulators .demo .airflow-local .airflow-celery build *.egg-info

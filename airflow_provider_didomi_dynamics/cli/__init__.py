@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from airflow_provider_didomi_dynamics.cli.commands import (
     cmd_airflow,
+    cmd_airflow_celery,
     cmd_demo,
     cmd_edit_contacts,
     cmd_emulate,
@@ -68,6 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--port", type=int, default=None, help="UI / API port (default: $AIRFLOW__API__PORT, else 8080)")
     local.add_argument("--verbose", action="store_true", help="show airflow standalone's output instead of a log file")
     local.set_defaults(func=cmd_airflow)
+    celery = commands.add_parser(
+        "airflow-celery",
+        help="run Airflow with CeleryExecutor: scheduler, api-server, dag-processor, two Celery workers, Redis and "
+        "PostgreSQL, wired to the emulators with demo data, until Ctrl-C",
+    )
+    celery.add_argument(
+        "--workdir", default=".airflow-celery", help="where AIRFLOW_HOME, PostgreSQL's data, emulator files, logs go"
+    )
+    celery.add_argument(
+        "--port", type=int, default=None, help="UI / API port (default: $AIRFLOW__API__PORT, else 8080)"
+    )
+    celery.add_argument("--users", type=int, default=None, help="demo Didomi users to seed (default 5000)")
+    celery.set_defaults(func=cmd_airflow_celery)
     return parser
 
 

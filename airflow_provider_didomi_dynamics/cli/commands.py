@@ -56,6 +56,12 @@ def cmd_airflow(args: argparse.Namespace) -> int:
     return airflow_main(Path(args.workdir), port=args.port, verbose=args.verbose)
 
 
+def cmd_airflow_celery(args: argparse.Namespace) -> int:
+    from airflow_provider_didomi_dynamics.local.celery import main as celery_main
+
+    return celery_main(Path(args.workdir), port=args.port, users=args.users)
+
+
 def cmd_edit_contacts(args: argparse.Namespace) -> int:
     """Play the person: change N contacts in the running Dataverse emulator, as its 'editor' user, and say what next."""
     import json

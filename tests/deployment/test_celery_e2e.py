@@ -24,6 +24,7 @@ from airflow_rest import LocalAirflow
 FORWARD = "didomi_to_dynamics"
 REVERSE = "dynamics_to_didomi"
 USERS = 400
+CHUNK_ROWS = 100  # 400 users: four chunks, so the mapped mapping and push tasks can land on both workers
 EDITS = 5
 WORKERS = {"worker1", "worker2"}
 # Contact columns the demo config maps from Didomi.
@@ -48,7 +49,8 @@ def worker_of(task_instance: dict[str, Any]) -> str:
 
 
 @pytest.fixture
-def celery(tmp_path: Path) -> Iterator[LocalAirflow]:
+def celery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalAirflow]:
+    monkeypatch.setenv("DIDOMI_DYNAMICS_CHUNK_ROWS", str(CHUNK_ROWS))  # the workers inherit it
     local = LocalAirflow(tmp_path / "airflow-celery", command="airflow-celery", extra=("--users", str(USERS)))
     try:
         local.login(local.wait_for_banner())
@@ -92,6 +94,8 @@ def test_both_dags_on_celery_match_dag_test_and_spread_over_both_workers(
     forward = celery.trigger_now(FORWARD, {"full_sync": True})
     assert celery.wait_for_run(FORWARD, forward) == "success", celery.task_instances(FORWARD, forward)
     task_instances += celery.task_instances(FORWARD, forward)
+    summary = celery.api("GET", f"/dags/{FORWARD}/dagRuns/{forward}/taskInstances/push_contacts/xcomEntries/summary")
+    assert str(summary["value"]).endswith(f"in {USERS // CHUNK_ROWS} chunks"), summary
     rows = admin(endpoints, "dataverse_url", "/contacts")["value"]
     after = contacts_of(rows)
     assert len(rows) == len(after) == len(seeded), "contacts duplicated or lost"  # upsert_mode false: none created
@@ -125,6 +129,6 @@ def test_both_dags_on_celery_match_dag_test_and_spread_over_both_workers(
     assert len(by_task) == len(task_instances) >= 13
     print(f"task instances per worker: {dict(Counter(by_task.values()))}")
     assert set(by_task.values()) == WORKERS, by_task
-    mapped = [worker for (_, _, _, map_index), worker in by_task.items() if map_index >= 0]
-    if len(mapped) >= 4:  # chunks run as mapped tasks: they too are spread over both workers
-        assert set(mapped) == WORKERS, by_task
+    mapped = [worker for (_, _, task, i), worker in by_task.items() if task == "push_chunks" and i >= 0]
+    assert len(mapped) == USERS // CHUNK_ROWS, "one push per chunk"
+    assert set(mapped) == WORKERS, f"the chunk pushes all ran on one worker: {by_task}"

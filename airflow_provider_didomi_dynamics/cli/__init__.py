@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--workdir", default=".airflow-local", help="where AIRFLOW_HOME, emulator files and the log go")
     local.add_argument("--port", type=int, default=None, help="UI / API port (default: $AIRFLOW__API__PORT, else 8080)")
     local.add_argument("--verbose", action="store_true", help="show airflow standalone's output instead of a log file")
+    local.add_argument("--users", type=int, default=None, help="demo Didomi users to seed (default 5000)")
     local.set_defaults(func=cmd_airflow)
     celery = commands.add_parser(
         "airflow-celery",

@@ -53,7 +53,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 def cmd_airflow(args: argparse.Namespace) -> int:
     from airflow_provider_didomi_dynamics.local.standalone import main as airflow_main
 
-    return airflow_main(Path(args.workdir), port=args.port, verbose=args.verbose)
+    return airflow_main(Path(args.workdir), port=args.port, verbose=args.verbose, users=args.users)
 
 
 def cmd_airflow_celery(args: argparse.Namespace) -> int:

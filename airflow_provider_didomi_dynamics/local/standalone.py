@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_didomi_dynamics.emulators.demo_data import DEMO_USERS
 from airflow_provider_didomi_dynamics.emulators.runner import RunningEmulators, connection_env
 from airflow_provider_didomi_dynamics.local import DEMO_CONFIG
 from airflow_provider_didomi_dynamics.local.testing import prepare_airflow_home
@@ -235,7 +236,9 @@ def _tail(path: Path, lines: int = 40) -> str:
         return ""
 
 
-def main(workdir: Path = DEFAULT_WORKDIR, port: int | None = None, verbose: bool = False) -> int:
+def main(
+    workdir: Path = DEFAULT_WORKDIR, port: int | None = None, verbose: bool = False, users: int | None = None
+) -> int:
     """Start the emulators and ``airflow standalone`` wired to them; return when stopped (Ctrl-C / SIGTERM)."""
     workdir = Path(workdir).resolve()
     port = port or int(os.environ.get("AIRFLOW__API__PORT") or DEFAULT_PORT)
@@ -250,7 +253,7 @@ def main(workdir: Path = DEFAULT_WORKDIR, port: int | None = None, verbose: bool
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = _run(workdir, port, verbose, stop)
+        code = _run(workdir, port, verbose, stop, users)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -258,14 +261,14 @@ def main(workdir: Path = DEFAULT_WORKDIR, port: int | None = None, verbose: bool
     return code
 
 
-def _run(workdir: Path, port: int, verbose: bool, stop: threading.Event) -> int:
+def _run(workdir: Path, port: int, verbose: bool, stop: threading.Event, users: int | None = None) -> int:
     """Everything between the port check and the final message; 0 when a person stopped it, 1 on a failure."""
     home = workdir / "airflow"
     log_path = workdir / LOG_FILE
     print(f"preparing AIRFLOW_HOME {home} (SQLite; the first time takes a few seconds) ...", flush=True)
     os.environ["AIRFLOW__CORE__TEST_CONNECTION"] = "Enabled"
     prepare_airflow_home(home)
-    with RunningEmulators(workdir / "emulators", seed="demo") as running:
+    with RunningEmulators(workdir / "emulators", seed="demo", demo_users=users or DEMO_USERS) as running:
         endpoints = running.endpoints
         print(f"emulators: Dataverse {endpoints['dataverse_url']}, Didomi {endpoints['didomi_url']}", flush=True)
         write_metadata(endpoints, demo_config(endpoints))
@@ -349,11 +352,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"API server / UI port (default: $AIRFLOW__API__PORT, else {DEFAULT_PORT})",
     )
     parser.add_argument("--verbose", action="store_true", help="show airflow standalone's output instead of a log")
+    parser.add_argument("--users", type=int, default=None, help=f"demo Didomi users to seed (default {DEMO_USERS})")
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return main(Path(args.workdir), port=args.port, verbose=args.verbose)
+    return main(Path(args.workdir), port=args.port, verbose=args.verbose, users=args.users)
 
 
 if __name__ == "__main__":  # pragma: no cover

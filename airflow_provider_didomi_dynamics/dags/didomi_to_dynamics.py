@@ -74,6 +74,7 @@ def build_dag() -> DAG:
             full_sync="{{ params.full_sync }}",
             organization_user_ids="{{ params.organization_user_ids }}",
             chunked=True,  # Parquet chunks under object storage; the next two tasks are mapped over them
+            export_path=settings.export_path(),  # full syncs from Didomi's daily batch export, when set
             pool=settings.DIDOMI_POOL,
             inlets=[Asset("didomi://consents/users")],
         )

@@ -22,6 +22,11 @@ def schedule_cron(direction: str, default: str = "0 * * * *") -> str:
     return os.environ.get(f"DIDOMI_DYNAMICS_SCHEDULE_{direction.upper()}", default)
 
 
+def export_path() -> str | None:
+    """Didomi's batch export for full syncs (``DIDOMI_DYNAMICS_EXPORT_PATH``: ``s3://conn@bucket/data/export-id=..``)."""
+    return os.environ.get("DIDOMI_DYNAMICS_EXPORT_PATH") or None
+
+
 def config_source() -> str | None:
     """A config file path from ``DIDOMI_DYNAMICS_CONFIG_PATH``, else None: the Variable ``didomi_dynamics_config``."""
     return os.environ.get("DIDOMI_DYNAMICS_CONFIG_PATH") or None

@@ -19,7 +19,11 @@ from airflow_provider_didomi_dynamics.core.windows import DEFAULT_LOOKBACK, Sync
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook
 from airflow_provider_didomi_dynamics.operators.fail_fast import fails_fast
 from airflow_provider_didomi_dynamics.sync.chunks import chunk_rows_setting, run_folder
-from airflow_provider_didomi_dynamics.sync.pull_consents import pull_consents, pull_consents_to_chunks
+from airflow_provider_didomi_dynamics.sync.pull_consents import (
+    pull_consents,
+    pull_consents_to_chunks,
+    pull_export_to_chunks,
+)
 from airflow_provider_didomi_dynamics.sync.push_consents import ConsentPushOptions, push_consents
 from airflow_provider_didomi_dynamics.sync.retry_queue import RetryQueue, hand_over
 from airflow_provider_didomi_dynamics.sync.rows_file import write_rows_file
@@ -46,6 +50,9 @@ class DidomiPullConsentsOperator(BaseOperator):
         of chunk refs, for mapping and push tasks mapped over them (``.expand``); memory and XCom hold one chunk at
         most. Default False: return the whole frame.
     :param chunk_rows: users per chunk (default ``DIDOMI_DYNAMICS_CHUNK_ROWS``, else 50,000).
+    :param export_path: Didomi's daily batch export (an ``ObjectStoragePath`` URL down to ``export-id=<id>``): a
+        full sync (``full_sync``, chunked) reads its newest complete date instead of paging the API; windowed and
+        targeted runs still use the API. Empty: the API always.
     """
 
     template_fields: Sequence[str] = (
@@ -55,6 +62,7 @@ class DidomiPullConsentsOperator(BaseOperator):
         "organization_user_ids",
         "didomi_conn_id",
         "chunk_rows",
+        "export_path",
     )
     ui_color = "#fde9d9"
 
@@ -71,9 +79,11 @@ class DidomiPullConsentsOperator(BaseOperator):
         http_retry_policy: RetryPolicy | None = None,
         chunked: bool = False,
         chunk_rows: int | str | None = None,
+        export_path: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.export_path = export_path
         self.chunked = chunked
         self.chunk_rows = chunk_rows
         self.didomi_conn_id = didomi_conn_id
@@ -111,8 +121,13 @@ class DidomiPullConsentsOperator(BaseOperator):
             if self.chunked:
                 folder = run_folder(ti.dag_id, ti.run_id, "chunks") if ti is not None else run_folder("-", "-", "-")
                 rows = chunk_rows_setting(self.chunk_rows)
-                refs, stats = pull_consents_to_chunks(
-                    hook, window, folder, chunk_rows=rows, organization_user_ids=targeted, page_size=self.page_size
+                from_export = bool(self.export_path) and not targeted and window is not None and window.is_full
+                refs, stats = (
+                    pull_export_to_chunks(str(self.export_path), folder, chunk_rows=rows)
+                    if from_export
+                    else pull_consents_to_chunks(
+                        hook, window, folder, chunk_rows=rows, organization_user_ids=targeted, page_size=self.page_size
+                    )
                 )
                 result: pd.DataFrame | list[dict[str, Any]] = [ref.to_xcom() for ref in refs]
             else:

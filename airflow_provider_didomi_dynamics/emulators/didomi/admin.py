@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,6 +22,7 @@ from airflow_provider_didomi_dynamics.emulators.common.admin import (
     fault_options,
 )
 from airflow_provider_didomi_dynamics.emulators.didomi.models import DidomiModel
+from airflow_provider_didomi_dynamics.emulators.didomi.models.export import DEFAULT_PART_USERS, write_export
 from airflow_provider_didomi_dynamics.emulators.didomi.responses import json_response
 
 
@@ -47,6 +49,19 @@ class AdminRoutes:
         n = int(body.get("n", 5000))
         ids = self.model.seed_demo(n, seed=int(body.get("seed", 42)))
         return AdminReply(201, {"added": n, "with_organization_user_id": len(ids)})
+
+    def export(self, call: AdminCall) -> AdminReply:
+        """Write the batch export of today's users: body ``{"base", "export_id", "date", "part_users", "complete"}``."""
+        body = json.loads(call.raw) if call.raw else {}
+        written = write_export(
+            self.model,
+            Path(body["base"]),
+            str(body.get("export_id", "emulator")),
+            str(body["date"]),
+            part_users=int(body.get("part_users", DEFAULT_PART_USERS)),
+            complete=bool(body.get("complete", True)),
+        )
+        return AdminReply(201, written)
 
     def faults(self, call: AdminCall) -> AdminReply:
         faults = self.model.faults
@@ -124,6 +139,7 @@ def admin_table(h: AdminRoutes) -> list[AdminRoute]:
         AdminRoute("/catalogue", ("GET", "POST"), h.catalogue),
         AdminRoute("/rate-limit", ("GET", "POST"), h.rate_limit),
         AdminRoute("/settings", ("GET", "POST"), h.settings),
+        AdminRoute("/exports", ("POST",), h.export),
     ]
 
 

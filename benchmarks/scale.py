@@ -225,7 +225,12 @@ def one_run(workdir: Path, users: int, chunk_rows: int, label: str) -> dict[str,
         written = counts["created"] + counts["updated"]
         push_s, push_span_s = push_phase_seconds("didomi_to_dynamics", result.run_id)
         concurrency = push_bench.PROTECTION.dop_hint or 1
-        capacity = theoretical_max_records_per_s(push_bench.PROTECTION, push_bench.BATCH_SIZE, concurrency)
+        capacity = theoretical_max_records_per_s(
+            push_bench.PROTECTION,
+            records_per_request=push_bench.BATCH_SIZE,
+            concurrency=concurrency,
+            latency_s=push_bench.LATENCY_MS / 1000,
+        )
         lost, duplicated = read_back(admin, keys)
         tasks = memory.by_task()
         return {

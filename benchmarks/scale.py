@@ -7,8 +7,8 @@ task after task, with the shipped chunk size (``--chunk-rows``, default 50,000).
 
 Memory per task: before each task the kernel's peak-RSS counter of this process is reset (``/proc/self/clear_refs``
 5) and read when the task ends (``VmHWM``), so each figure is the peak while that task ran. It includes what this
-process already held (Airflow, the DAG, what Python kept from earlier tasks: the chunked run goes first for that
-reason), so a task in its own worker process uses less; the growth over the task's start is printed too.
+process already held (Airflow, the DAG, what Python kept from earlier tasks of the run; each run has its own
+interpreter), so a task in its own worker process uses less; the growth over the task's start is printed too.
 
 Baseline, in the same process run: the same DAG with one chunk holding every user (``--baseline-users``, default
 20,000): the memory of an unchunked run, which grows with users. The ratio of the peak task RSS per user shows
@@ -288,65 +288,88 @@ def show(figures: dict[str, Any]) -> None:
     )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=100_000)
-    parser.add_argument("--baseline-users", type=int, default=20_000)
-    parser.add_argument("--chunk-rows", type=int, default=50_000)
-    args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+def run_isolated(users: int, chunk_rows: int, label: str) -> dict[str, Any]:
+    """:func:`one_run` in a fresh interpreter: each run's tasks start from a process that held no earlier run (nor
+    this script's read-back of a million contacts)."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--one", label, str(users), str(chunk_rows)],
+        capture_output=True,
+        text=True,
+        timeout=7200,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"{label} run failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return dict(json.loads(lines[-1].removeprefix("RESULT ")))
+
+
+def run_one(label: str, users: int, chunk_rows: int) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-scale-{label}-"))
     try:
         from airflow_provider_didomi_dynamics.local.testing import prepare_airflow_home
 
         prepare_airflow_home(workdir / "airflow")
         os.environ["DIDOMI_DYNAMICS_RETRIES"] = "0"
         os.environ["DIDOMI_DYNAMICS_PROGRESS_SECONDS"] = "60"
-        # the chunked run first: its tasks start from a process that holds nothing of an earlier run
-        chunked = one_run(workdir, args.users, args.chunk_rows, "chunked")
-        print(f"chunked: {args.chunk_rows:,} users per chunk")
-        show(chunked)
-        baseline = one_run(workdir, args.baseline_users, max(args.baseline_users, 1), "baseline")
-        print("baseline: one chunk holding every user (an unchunked run)")
-        show(baseline)
-        grown = chunked["peak_task_rss_mb"] / baseline["peak_task_rss_mb"]
-        print(
-            f"peak task RSS: {chunked['peak_task_rss_mb']} MB for {args.users:,} users "
-            f"in {chunked['chunks']} chunks vs "
-            f"{baseline['peak_task_rss_mb']} MB for {args.baseline_users:,} in one chunk "
-            f"({grown:.2f}x for {args.users / args.baseline_users:.0f}x the users)"
-        )
-        targets = {
-            "peak_task_rss_mb <= 600": chunked["peak_task_rss_mb"] <= 600,
-            "capacity_fraction >= 0.85": chunked["capacity_fraction"] >= 0.85,
-            "xcom_bytes <= 1 MB": chunked["xcom_bytes"] <= 1_000_000,
-            "lost == 0 and duplicated == 0": chunked["lost"] == 0 and chunked["duplicated"] == 0,
-        }
-        print("targets: " + ", ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in targets.items()))
-        line = {
-            key: chunked[key]
-            for key in (
-                "users",
-                "seconds",
-                "users_per_s",
-                "capacity_fraction",
-                "peak_task_rss_mb",
-                "xcom_bytes",
-                "lost",
-                "duplicated",
-            )
-        }
-        line.update(
-            chunks=chunked["chunks"],
-            throttled_429=chunked["throttled_429"],
-            baseline_users=baseline["users"],
-            baseline_peak_task_rss_mb=baseline["peak_task_rss_mb"],
-            rss_ratio=round(grown, 2),
-            emulator_rss_mb=chunked["emulator_rss_mb"],
-        )
-        print(json.dumps(line))
+        figures = one_run(workdir, users, chunk_rows, label)
+        print("RESULT " + json.dumps(figures), flush=True)
         return 0
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--baseline-users", type=int, default=20_000)
+    parser.add_argument("--chunk-rows", type=int, default=50_000)
+    parser.add_argument("--one", nargs=3, metavar="ARG", help=argparse.SUPPRESS)  # label users chunk_rows
+    args = parser.parse_args()
+    if args.one:
+        return run_one(args.one[0], int(args.one[1]), int(args.one[2]))
+    baseline = run_isolated(args.baseline_users, max(args.baseline_users, 1), "baseline")
+    print("baseline: one chunk holding every user (an unchunked run)")
+    show(baseline)
+    chunked = run_isolated(args.users, args.chunk_rows, "chunked")
+    print(f"chunked: {args.chunk_rows:,} users per chunk")
+    show(chunked)
+    grown = chunked["peak_task_rss_mb"] / baseline["peak_task_rss_mb"]
+    print(
+        f"peak task RSS: {chunked['peak_task_rss_mb']} MB for {args.users:,} users "
+        f"in {chunked['chunks']} chunks vs "
+        f"{baseline['peak_task_rss_mb']} MB for {args.baseline_users:,} in one chunk "
+        f"({grown:.2f}x for {args.users / args.baseline_users:.0f}x the users)"
+    )
+    targets = {
+        "peak_task_rss_mb <= 600": chunked["peak_task_rss_mb"] <= 600,
+        "capacity_fraction >= 0.85": chunked["capacity_fraction"] >= 0.85,
+        "xcom_bytes <= 1 MB": chunked["xcom_bytes"] <= 1_000_000,
+        "lost == 0 and duplicated == 0": chunked["lost"] == 0 and chunked["duplicated"] == 0,
+    }
+    print("targets: " + ", ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in targets.items()))
+    line = {
+        key: chunked[key]
+        for key in (
+            "users",
+            "seconds",
+            "users_per_s",
+            "capacity_fraction",
+            "peak_task_rss_mb",
+            "xcom_bytes",
+            "lost",
+            "duplicated",
+        )
+    }
+    line.update(
+        chunks=chunked["chunks"],
+        throttled_429=chunked["throttled_429"],
+        baseline_users=baseline["users"],
+        baseline_peak_task_rss_mb=baseline["peak_task_rss_mb"],
+        rss_ratio=round(grown, 2),
+        emulator_rss_mb=chunked["emulator_rss_mb"],
+    )
+    print(json.dumps(line))
+    return 0
 
 
 if __name__ == "__main__":

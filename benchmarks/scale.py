@@ -20,6 +20,7 @@ what chunking buys.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -260,10 +261,11 @@ def one_run(workdir: Path, users: int, chunk_rows: int, label: str) -> dict[str,
     finally:
         for process in (didomi, dataverse):
             process.terminate()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
+            if process.poll() is None:  # a million users take a while to let go of: never leave one running
                 process.kill()
+                process.wait(timeout=30)
 
 
 def show(figures: dict[str, Any]) -> None:

@@ -29,9 +29,6 @@ sys.path.insert(0, str(BENCHMARKS))
 import pandas as pd  # noqa: E402
 import push as push_bench  # noqa: E402  # emulator, service protection, config and values of push.py
 
-from airflow_provider_didomi_dynamics.emulators.dataverse.models.throttling import (  # noqa: E402
-    theoretical_max_records_per_s,
-)
 from airflow_provider_didomi_dynamics.emulators.runner import connection_env  # noqa: E402
 
 
@@ -155,13 +152,7 @@ def main() -> int:
         process, endpoints = push_bench.start_emulator(Path(tmp))
         try:
             push_bench.Admin(endpoints).call("POST", "/keys", {"name": "new_emailkey", "attributes": ["emailaddress1"]})
-            concurrency = push_bench.PROTECTION.dop_hint or 1
-            capacity = theoretical_max_records_per_s(
-                push_bench.PROTECTION,
-                records_per_request=push_bench.BATCH_SIZE,
-                concurrency=concurrency,
-                latency_s=push_bench.LATENCY_MS / 1000,
-            )
+            capacity = push_bench.modelled_capacity(push_bench.PROTECTION.dop_hint or 1)
             print(f"modelled capacity (one application user, one budget): {capacity:,.0f} rows/s")
             rounds = [one_round(endpoints, Path(tmp) / "endpoints.json", n, args.rows, capacity) for n in counts]
         finally:

@@ -71,6 +71,16 @@ PROTECTION = ServiceProtection(
 )
 
 
+def modelled_capacity(concurrency: int) -> float:
+    """Rows per second the service-protection model allows at BATCH_SIZE records a request (scale.py and
+    parallel_push.py measure against the same figure)."""
+    return float(
+        theoretical_max_records_per_s(
+            PROTECTION, records_per_request=BATCH_SIZE, concurrency=concurrency, latency_s=LATENCY_MS / 1000
+        )
+    )
+
+
 def start_emulator(state_dir: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     command = [
         sys.executable,
@@ -253,9 +263,7 @@ def run(endpoints: dict[str, Any], rows: int, existing: int, baseline_rows: int)
     probe = DataverseHook(CONN_ID)
     probe.who_am_i()
     concurrency = probe.parallelism
-    capacity = theoretical_max_records_per_s(
-        PROTECTION, records_per_request=BATCH_SIZE, concurrency=concurrency, latency_s=LATENCY_MS / 1000
-    )
+    capacity = modelled_capacity(concurrency)
     rows_per_s = rows / elapsed
     figures = {
         "rows_per_s": round(rows_per_s, 1),

@@ -35,11 +35,9 @@ from typing import Any
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS))
 
+import didomi_pull  # noqa: E402  # the Didomi emulator as didomi_pull.py starts it
 import push as push_bench  # noqa: E402  # the Dataverse emulator and service-protection model of push.py
 
-from airflow_provider_didomi_dynamics.emulators.dataverse.models.throttling import (  # noqa: E402
-    theoretical_max_records_per_s,
-)
 from airflow_provider_didomi_dynamics.emulators.runner import connection_env  # noqa: E402
 
 CONFIG = {
@@ -55,36 +53,21 @@ CONFIG = {
 }
 
 
-def peak_rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+def status_mb(field: str, pid: int | str = "self") -> float:
+    """A memory line of ``/proc/<pid>/status`` (``VmHWM``: peak RSS, ``VmRSS``: now) in MB; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return 0.0
 
 
 def reset_peak() -> None:
     with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
         refs.write("5")
-
-
-def process_rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 class TaskMemory:
@@ -97,12 +80,12 @@ class TaskMemory:
     def on_start(self, context: Any) -> None:
         ti = context["ti"]
         reset_peak()
-        self.started[(ti.task_id, ti.map_index)] = rss_mb()
+        self.started[(ti.task_id, ti.map_index)] = status_mb("VmRSS")
 
     def on_end(self, context: Any) -> None:
         ti = context["ti"]
         key = (ti.task_id, ti.map_index)
-        self.peaks[key] = (peak_rss_mb(), self.started.get(key, 0.0))
+        self.peaks[key] = (status_mb("VmHWM"), self.started.get(key, 0.0))
 
     def attach(self, dag: Any) -> None:
         for task in dag.tasks:
@@ -118,30 +101,6 @@ class TaskMemory:
             entry["growth_mb"] = max(entry["growth_mb"], round(peak - start, 1))
             entry["instances"] += 1
         return grouped
-
-
-def start_didomi(state_dir: Path, users: int) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    command = [
-        sys.executable,
-        "-m",
-        "airflow_provider_didomi_dynamics.emulators.didomi",
-        "--state-dir",
-        str(state_dir),
-        "--demo-users",
-        str(users),
-        "--no-rate-limit",
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    deadline = time.monotonic() + 1800
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if line.startswith("Didomi emulator on"):  # written after endpoints.json
-            return process, json.loads((state_dir / "endpoints.json").read_text())
-        if not line and process.poll() is not None:
-            break
-    process.kill()
-    raise RuntimeError("the Didomi emulator did not start")
 
 
 def xcom_bytes(dag_id: str, run_id: str) -> int:
@@ -189,7 +148,7 @@ def one_run(workdir: Path, users: int, chunk_rows: int, label: str) -> dict[str,
     state = workdir / label
     state.mkdir(parents=True)
     t0 = time.monotonic()
-    didomi, didomi_endpoints = start_didomi(state / "didomi", users)
+    didomi, didomi_endpoints = didomi_pull.start_emulator(state / "didomi", users, latency_ms=0.0)
     dataverse, dataverse_endpoints = push_bench.start_emulator(state / "dataverse")
     try:
         admin = push_bench.Admin(dataverse_endpoints)
@@ -225,13 +184,7 @@ def one_run(workdir: Path, users: int, chunk_rows: int, label: str) -> dict[str,
         counts = report["counts"]
         written = counts["created"] + counts["updated"]
         push_s, push_span_s = push_phase_seconds("didomi_to_dynamics", result.run_id)
-        concurrency = push_bench.PROTECTION.dop_hint or 1
-        capacity = theoretical_max_records_per_s(
-            push_bench.PROTECTION,
-            records_per_request=push_bench.BATCH_SIZE,
-            concurrency=concurrency,
-            latency_s=push_bench.LATENCY_MS / 1000,
-        )
+        capacity = push_bench.modelled_capacity(push_bench.PROTECTION.dop_hint or 1)
         lost, duplicated = read_back(admin, keys)
         tasks = memory.by_task()
         return {
@@ -251,8 +204,8 @@ def one_run(workdir: Path, users: int, chunk_rows: int, label: str) -> dict[str,
             "tasks": tasks,
             "run_peak_rss_mb": round(max(t["peak_mb"] for t in tasks.values()), 1),
             "emulator_rss_mb": {
-                "didomi": round(process_rss_mb(didomi.pid), 1),
-                "dataverse": round(process_rss_mb(dataverse.pid), 1),
+                "didomi": round(status_mb("VmHWM", didomi.pid), 1),
+                "dataverse": round(status_mb("VmHWM", dataverse.pid), 1),
             },
             "xcom_bytes": xcom_bytes("didomi_to_dynamics", result.run_id),
             "lost": lost,

@@ -9,6 +9,9 @@ workers. Slow (about two minutes): one test in its own file, so ``--dist loadfil
 from __future__ import annotations
 
 import json
+import os
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -47,6 +50,29 @@ def worker_of(task_instance: dict[str, Any]) -> str:
     return str(task_instance.get("hostname") or "").rpartition("/")[2]
 
 
+def leftovers(markers: list[str]) -> list[str]:
+    """Processes whose command line or environment names one of ``markers`` (the deployment's folders): every
+    component carries one (``AIRFLOW_HOME``, ``--dir``, ``--pid``, ``-D``, ``--state-dir``)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (proc / "environ").read_bytes().decode(errors="replace")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if command and any(marker in command or marker in environ for marker in markers):
+            found.append(f"{proc.name}: {command[:200]}")
+    return found
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 @pytest.fixture
 def celery(tmp_path: Path) -> Iterator[LocalAirflow]:
     local = LocalAirflow(tmp_path / "airflow-celery", command="airflow-celery", extra=("--users", str(USERS)))
@@ -58,6 +84,19 @@ def celery(tmp_path: Path) -> Iterator[LocalAirflow]:
         seconds = local.stop()
         print(f"airflow-celery stopped in {seconds:.1f} s")
         assert local.process.returncode == 0, "".join(local.output[-40:])
+    # SIGTERM (as Ctrl-C) stopped everything it started: no process left, no port still open
+    started = "".join(local.output)
+    redis = re.search(r"^Redis on 127.0.0.1:(\d+)$", started, re.M)
+    postgres = re.search(r"^PostgreSQL on 127.0.0.1:(\d+) \((.+)\)$", started, re.M)
+    assert redis and postgres, started
+    data = postgres.group(2)
+    ports = (local.port, int(redis.group(1)), int(postgres.group(1)))
+    markers = [str(local.workdir), data]
+    deadline = time.monotonic() + 10
+    while (left := leftovers(markers)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"still running after the stop: {left}"
+    assert not [port for port in ports if listening(port)]
 
 
 def reference_contacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
@@ -120,11 +159,11 @@ def test_both_dags_on_celery_match_dag_test_and_spread_over_both_workers(
         events = admin(endpoints, "didomi_url", "/dump")["events"][events_before:]
         assert Counter(str(e["user"]["organization_user_id"]) for e in events) == dict.fromkeys(changed, 1)
 
-    # --- every task instance (mapped ones one per map_index) ran on a Celery worker of ours, and both worked
-    by_task = {(ti["dag_id"], ti["dag_run_id"], ti["task_id"], ti["map_index"]): worker_of(ti) for ti in task_instances}
-    assert len(by_task) == len(task_instances) >= 13
+    # --- every task instance that ran (mapped ones: one per map_index) ran on a Celery worker of ours, and both
+    # workers ran some: true of any task layout, linear or mapped over chunks
+    ran = [ti for ti in task_instances if ti["state"] != "skipped"]
+    assert ran and {ti["state"] for ti in ran} == {"success"}, ran
+    by_task = {(ti["dag_id"], ti["dag_run_id"], ti["task_id"], ti["map_index"]): worker_of(ti) for ti in ran}
+    assert len(by_task) == len(ran)
     print(f"task instances per worker: {dict(Counter(by_task.values()))}")
     assert set(by_task.values()) == WORKERS, by_task
-    mapped = [worker for (_, _, _, map_index), worker in by_task.items() if map_index >= 0]
-    if len(mapped) >= 4:  # chunks run as mapped tasks: they too are spread over both workers
-        assert set(mapped) == WORKERS, by_task

@@ -18,6 +18,7 @@ from airflow_provider_didomi_dynamics.cli.commands import (
     cmd_preflight,
     cmd_validate_config,
 )
+from airflow_provider_didomi_dynamics.local.celery import add_backend_arguments
 
 EXIT_MISSING_EXTRA = 1
 
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=None, help="UI / API port (default: $AIRFLOW__API__PORT, else 8080)"
     )
     celery.add_argument("--users", type=int, default=None, help="demo Didomi users to seed (default 5000)")
+    add_backend_arguments(celery)
     celery.set_defaults(func=cmd_airflow_celery)
     return parser
 

@@ -57,9 +57,10 @@ def cmd_airflow(args: argparse.Namespace) -> int:
 
 
 def cmd_airflow_celery(args: argparse.Namespace) -> int:
+    from airflow_provider_didomi_dynamics.local.celery import backends_of
     from airflow_provider_didomi_dynamics.local.celery import main as celery_main
 
-    return celery_main(Path(args.workdir), port=args.port, users=args.users)
+    return celery_main(Path(args.workdir), port=args.port, users=args.users, backends=backends_of(args))
 
 
 def cmd_edit_contacts(args: argparse.Namespace) -> int:

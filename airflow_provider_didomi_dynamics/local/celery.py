@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -308,6 +309,58 @@ class Ports:
     postgres: int = field(default_factory=free_port)
 
 
+@dataclass
+class Backends:
+    """Where the broker and the metadata database are: None for each server this command starts itself."""
+
+    broker_url: str | None = None
+    database_url: str | None = None
+
+    def resolved(self, ports: Ports) -> tuple[str, str]:
+        """The broker URL and the SQLAlchemy URL (``postgresql+psycopg2://``) every component uses."""
+        broker = self.broker_url or f"redis://127.0.0.1:{ports.redis}/0"
+        database = self.database_url or f"postgresql://{DB_USER}@127.0.0.1:{ports.postgres}/{DB_NAME}"
+        return broker, psycopg2_url(database)
+
+
+def psycopg2_url(url: str) -> str:
+    """``postgresql://`` / ``postgres://`` as ``postgresql+psycopg2://``: SQLAlchemy 2.1 reads a bare
+    ``postgresql://`` as psycopg 3, which the [celery] extra does not bring."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres", "postgresql+psycopg2"):
+        raise ServiceError(f"--database-url must be a postgresql:// URL, not {masked(url)}")
+    return f"postgresql+psycopg2://{rest}"
+
+
+def masked(url: str) -> str:
+    """``url`` with its password replaced by ``***``: the banner and errors never print a secret."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_broker(url: str) -> None:
+    """PING an external Redis once, so a wrong URL fails now rather than as a worker that never gets ready."""
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=5).ping()
+    except (redis.RedisError, ValueError) as err:
+        raise ServiceError(f"Redis at {masked(url)} did not answer PING: {err}") from None
+
+
+def check_database(url: str) -> None:
+    """Connect to an external PostgreSQL once: a wrong URL or password fails now, with the server's words."""
+    import psycopg2
+
+    try:
+        psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://", 1), connect_timeout=5).close()
+    except psycopg2.Error as err:
+        raise ServiceError(f"PostgreSQL at {masked(url)}: {str(err).strip()}") from None
+
+
 def deployment_secrets(workdir: Path) -> dict[str, str]:
     """The Fernet key and JWT secret every component must share (connections' passwords, task tokens); kept in
     ``<workdir>/secrets.json`` so a restart can still read what the database holds."""
@@ -324,15 +377,14 @@ def deployment_secrets(workdir: Path) -> dict[str, str]:
     return values
 
 
-def celery_settings(ports: Ports, keys: dict[str, str]) -> dict[str, str]:
-    """The ``AIRFLOW__*`` values that make this a CeleryExecutor deployment on Redis and PostgreSQL."""
-    database = f"{DB_USER}@127.0.0.1:{ports.postgres}/{DB_NAME}"
+def celery_settings(broker_url: str, database_url: str, keys: dict[str, str]) -> dict[str, str]:
+    """The ``AIRFLOW__*`` values that make this a CeleryExecutor deployment on Redis and PostgreSQL
+    (``database_url`` as :func:`psycopg2_url` writes it; it is Celery's result backend too)."""
     return {
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{database}",
-        "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{ports.redis}/0",
-        # explicit driver: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3
-        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql+psycopg2://{database}",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url,
+        "AIRFLOW__CELERY__BROKER_URL": broker_url,
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{database_url}",
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
         "AIRFLOW__CORE__HOSTNAME_CALLABLE": HOSTNAME_CALLABLE,
         "AIRFLOW__CORE__FERNET_KEY": keys["fernet_key"],
@@ -421,7 +473,12 @@ def _installed(distribution: str) -> bool:
     return True
 
 
-def main(workdir: Path = DEFAULT_WORKDIR, port: int | None = None, users: int | None = None) -> int:
+def main(
+    workdir: Path = DEFAULT_WORKDIR,
+    port: int | None = None,
+    users: int | None = None,
+    backends: Backends | None = None,
+) -> int:
     """Start everything; return when stopped (Ctrl-C / SIGTERM), 0, or 1 after a failure."""
     from airflow_provider_didomi_dynamics.local.standalone import port_in_use
 
@@ -445,7 +502,7 @@ def main(workdir: Path = DEFAULT_WORKDIR, port: int | None = None, users: int | 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = _run(workdir, Ports(api=port), users, stop)
+        code = _run(workdir, Ports(api=port), backends or Backends(), users, stop)
     except ServiceError as err:
         print(f"airflow-celery: {err}", file=sys.stderr)
         code = 1
@@ -456,7 +513,7 @@ def main(workdir: Path = DEFAULT_WORKDIR, port: int | None = None, users: int | 
     return code
 
 
-def _run(workdir: Path, ports: Ports, users: int | None, stop: threading.Event) -> int:
+def _run(workdir: Path, ports: Ports, backends: Backends, users: int | None, stop: threading.Event) -> int:
     from airflow_provider_didomi_dynamics.emulators.demo_data import DEMO_USERS
     from airflow_provider_didomi_dynamics.emulators.runner import RunningEmulators
     from airflow_provider_didomi_dynamics.local.standalone import (
@@ -472,23 +529,36 @@ def _run(workdir: Path, ports: Ports, users: int | None, stop: threading.Event) 
     workdir.mkdir(parents=True, exist_ok=True)
     home, logs = workdir / "airflow", workdir / "logs"
     (workdir / "run").mkdir(exist_ok=True)
-    for name in ("redis-server", "initdb", "postgres"):
+    broker_url, database_url = backends.resolved(ports)
+    own_redis, own_postgres = backends.broker_url is None, backends.database_url is None
+    for name in ("redis-server",) * own_redis + ("initdb", "postgres") * own_postgres:
         find_binary(name)  # say what is missing before anything starts
 
     services: list[Component] = []
     airflow: dict[str, Component] = {}
     owner = Owner.for_postgres()
-    data, throwaway = postgres_data_dir(workdir, owner)
+    data, throwaway = postgres_data_dir(workdir, owner) if own_postgres else (None, False)
     try:
-        services.append(start_redis(workdir / "redis", ports.redis, logs / "redis.log"))
-        init_postgres(data, owner, logs / "postgres.log")
-        services.append(start_postgres(data, ports.postgres, owner, logs / "postgres.log"))
-        wait_for_redis(services[0], ports.redis)
-        wait_for_postgres(services[1], ports.postgres)
-        print(f"Redis on 127.0.0.1:{ports.redis}, PostgreSQL on 127.0.0.1:{ports.postgres} ({data})", flush=True)
+        if own_redis:
+            services.append(start_redis(workdir / "redis", ports.redis, logs / "redis.log"))
+        if data is not None:
+            init_postgres(data, owner, logs / "postgres.log")
+            services.append(start_postgres(data, ports.postgres, owner, logs / "postgres.log"))
+        if own_redis:
+            wait_for_redis(services[0], ports.redis)
+            print(f"Redis on 127.0.0.1:{ports.redis}", flush=True)
+        else:
+            check_broker(broker_url)
+            print(f"Redis: {masked(broker_url)} (yours)", flush=True)
+        if data is not None:
+            wait_for_postgres(services[-1], ports.postgres)
+            print(f"PostgreSQL on 127.0.0.1:{ports.postgres} ({data})", flush=True)
+        else:
+            check_database(database_url)
+            print(f"PostgreSQL: {masked(database_url)} (yours)", flush=True)
 
         prepare_airflow_home(home, migrate=False)
-        os.environ.update(celery_settings(ports, deployment_secrets(workdir)))
+        os.environ.update(celery_settings(broker_url, database_url, deployment_secrets(workdir)))
         env = standalone_env(ports.api)
         print("airflow db migrate (PostgreSQL) ...", flush=True)
         migrate(env, logs / "db-migrate.log")
@@ -513,7 +583,7 @@ def _run(workdir: Path, ports: Ports, users: int | None, stop: threading.Event) 
                     return 0
                 print(problem, file=sys.stderr)
                 return 1
-            print_banner(ports, home, endpoints, logs, time.monotonic() - started)
+            print_banner(ports.api, (broker_url, database_url), home, endpoints, logs, time.monotonic() - started)
             while not stop.is_set():
                 gone = [c for c in airflow.values() if not c.alive()] + [c for c in services if not c.alive()]
                 if gone:
@@ -529,24 +599,26 @@ def _run(workdir: Path, ports: Ports, users: int | None, stop: threading.Event) 
     finally:
         stop_components(list(airflow.values()))
         stop_components(list(reversed(services)))
-        if throwaway:
+        if throwaway and data is not None:
             shutil.rmtree(data.parent, ignore_errors=True)
     return 0
 
 
-def print_banner(ports: Ports, home: Path, endpoints: dict[str, Any], logs: Path, seconds: float) -> None:
+def print_banner(
+    port: int, urls: tuple[str, str], home: Path, endpoints: dict[str, Any], logs: Path, seconds: float
+) -> None:
     from airflow_provider_didomi_dynamics.local.standalone import ADMIN_USER, admin_password
 
     lines = [
         "",
         "=" * 78,
-        f"Airflow UI:  http://localhost:{ports.api}",
+        f"Airflow UI:  http://localhost:{port}",
         f"user:        {ADMIN_USER}",
         f"password:    {admin_password(home)}",
         "",
         f"CeleryExecutor: workers {', '.join(WORKERS)} (a task's hostname ends with its worker's name)",
-        f"broker:      redis://127.0.0.1:{ports.redis}/0",
-        f"database:    postgresql://{DB_USER}@127.0.0.1:{ports.postgres}/{DB_NAME}",
+        f"broker:      {masked(urls[0])}",
+        f"database:    {masked(urls[1])}",
         "DAGs: didomi_to_dynamics, dynamics_to_didomi (paused; trigger them from the UI)",
         f"a person's edit: didomi-dynamics edit-contacts 3 --state-dir {home.parent / 'emulators'}",
         f"emulators:   Dataverse {endpoints['dataverse_url']}   Didomi {endpoints['didomi_url']}",
@@ -572,6 +644,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"API server / UI port (default: $AIRFLOW__API__PORT, else {DEFAULT_PORT})",
     )
     parser.add_argument("--users", type=int, default=None, help="demo Didomi users to seed (default 5000)")
+    add_backend_arguments(parser)
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--broker-url`` / ``--database-url``: your own Redis / PostgreSQL instead of the ones started here."""
+    parser.add_argument(
+        "--broker-url",
+        default=None,
+        help="your Redis (redis://[:password@]host:port/db) instead of starting redis-server here",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="your PostgreSQL database (postgresql://user:password@host:port/db, a dedicated one: it is migrated "
+        "and its connections, Variable and pools overwritten) instead of starting PostgreSQL here",
+    )
+
+
+def backends_of(args: argparse.Namespace) -> Backends:
+    return Backends(broker_url=args.broker_url, database_url=args.database_url)
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
@@ -581,7 +673,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
-    return main(Path(args.workdir), port=args.port, users=args.users)
+    return main(Path(args.workdir), port=args.port, users=args.users, backends=backends_of(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

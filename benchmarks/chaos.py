@@ -798,6 +798,18 @@ def set_push_batch_size(dag: Any, size: int) -> None:
     dag.get_task(FORWARD_PUSH).partial_kwargs["batch_size"] = size
 
 
+def _threads_of_the_same_pool(thread: threading.Thread) -> set[threading.Thread]:
+    """The killed task's other writer threads (``<prefix>_<n>`` of one ThreadPoolExecutor): they die with it.
+
+    A later task's pool has new threads, so it runs normally; a kill on the main thread needs nothing: its
+    exception already stops that task.
+    """
+    if thread is threading.main_thread():
+        return set()
+    prefix = thread.name.rsplit("_", 1)[0]
+    return {other for other in threading.enumerate() if other.name.rsplit("_", 1)[0] == prefix}
+
+
 @contextlib.contextmanager
 def client_side_faults(pair: Pair, plan: FaultPlanForRun) -> Iterator[None]:
     """Faults the emulators cannot make: a write lands and then its response is lost, or the worker dies.
@@ -812,12 +824,15 @@ def client_side_faults(pair: Pair, plan: FaultPlanForRun) -> Iterator[None]:
     real = requests.Session.request
     lock = threading.Lock()
     writes = [0]
+    dead: set[threading.Thread] = set()
 
     def request(session: Any, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
         text = str(url)
         if str(method).upper() != "POST" or not text.startswith(hosts) or not any(m in text for m in WRITE_MARKERS):
             return real(session, method, url, *args, **kwargs)
         with lock:
+            if threading.current_thread() in dead:  # a dead task sends nothing more; writes on the wire still land
+                raise ChaosKill("chaos: the push task's worker is dead")
             writes[0] += 1
             number = writes[0]
         response = real(session, method, url, *args, **kwargs)
@@ -827,6 +842,8 @@ def client_side_faults(pair: Pair, plan: FaultPlanForRun) -> Iterator[None]:
                 raise requests.ConnectionError("chaos: connection reset after the request was sent")
             if plan.kill_after_writes == number:
                 plan.kinds["kill"] += 1
+                with lock:
+                    dead.update(_threads_of_the_same_pool(threading.current_thread()))
                 raise ChaosKill("chaos: the push task's worker was killed mid-push")
         return response
 

@@ -22,7 +22,8 @@ def _users(n: int, prefix: str) -> list[dict[str, Any]]:
 
 def test_push_contacts_killed_mid_push_then_cleared_writes_each_contact_once(campaign: Any) -> None:
     # No alternate key: creates go through CreateMultiple, the case where a blind re-send would duplicate.
-    scenario = world(_users(60, "kill-fwd-"), [], upsert_mode=True, alternate_key=False, batch_size=10)
+    # 12 batches: more than the writers can have on the wire when the third answer kills the task.
+    scenario = world(_users(120, "kill-fwd-"), [], upsert_mode=True, alternate_key=False, batch_size=10)
     with campaign.use(campaign.reference, scenario) as reference:
         assert forward(campaign).state == "success"
         expected, _ = reference.contacts()
@@ -34,14 +35,14 @@ def test_push_contacts_killed_mid_push_then_cleared_writes_each_contact_once(cam
         assert killed.task_states["push_contacts"] == "failed"
         assert killed.value("push_contacts") is None
         landed = pair.dataverse.contact_count()
-        assert 0 < landed < 60
+        assert 0 < landed < 120
 
         rerun = engine.clear_and_rerun(campaign.dags[engine.FORWARD], killed.run_id)
 
         assert rerun.state == "success", rerun.task_states
         report = rerun.value("push_contacts")
-        assert report["total"] == 60 == sum(report["counts"].values())
-        assert report["counts"]["created"] == 60 - landed  # the rows the dead attempt wrote are not written again
+        assert report["total"] == 120 == sum(report["counts"].values())
+        assert report["counts"]["created"] == 120 - landed  # the rows the dead attempt wrote are not written again
         assert report["counts"]["unchanged"] == landed
         assert report["counts"]["failed"] == 0
         actual, repeated = pair.contacts()

@@ -22,6 +22,9 @@ from urllib.parse import quote, unquote
 Row = dict[str, Any]
 Getter = Callable[[Row], Any]
 Predicate = Callable[[Row], bool]
+# What a predicate needs a row to hold for it to match: (column, its normalised values). A table with an index on
+# that column hands the query only those rows (a key lookup by In over 1M contacts reads 50 rows, not 1M).
+Lookup = tuple[str, frozenset[Any]]
 
 # Kinds of values the compiler knows how to compare. "any" is for untyped system tables (metadata, webhooks).
 KINDS = ("string", "guid", "datetime", "int", "float", "bool", "any")
@@ -424,6 +427,32 @@ def _coerce_list_value(value: Any, kind: str) -> Any:
     return value
 
 
+def normalise_for_lookup(value: Any) -> Any:
+    """A column value as an index holds it, the way filters compare it (strings case-insensitively)."""
+    return _norm_any(value)
+
+
+def lookup_of(predicate: Predicate | None) -> Lookup | None:
+    """The column and values a row must hold for ``predicate`` to match it, when the filter says so; else None."""
+    return getattr(predicate, "lookup", None)
+
+
+def _with_lookup(predicate: Predicate, lookup: Lookup | None) -> Predicate:
+    if lookup is not None:
+        predicate.lookup = lookup  # type: ignore[attr-defined]
+    return predicate
+
+
+def _combined_lookup(tag: str, a: Predicate, b: Predicate) -> Lookup | None:
+    """``and``: either side's lookup narrows the rows; ``or``: both sides' values, when on the same column."""
+    la, lb = lookup_of(a), lookup_of(b)
+    if tag == "and":
+        return la or lb
+    if la is not None and lb is not None and la[0] == lb[0]:
+        return la[0], la[1] | lb[1]
+    return None
+
+
 def compile_filter(node: Node, resolver: Resolver, negate: bool = False) -> Predicate:
     """Turn an AST from :func:`parse_filter` into ``row -> bool``.
 
@@ -435,8 +464,8 @@ def compile_filter(node: Node, resolver: Resolver, negate: bool = False) -> Pred
     if tag in ("and", "or"):
         a, b = compile_filter(node[1], resolver, negate), compile_filter(node[2], resolver, negate)
         if (tag == "and") != negate:
-            return lambda row: a(row) and b(row)
-        return lambda row: a(row) or b(row)
+            return _with_lookup(lambda row: a(row) and b(row), _combined_lookup("and", a, b))
+        return _with_lookup(lambda row: a(row) or b(row), _combined_lookup("or", a, b))
     if tag == "not":
         return compile_filter(node[1], resolver, not negate)
     if tag == "cmp":
@@ -491,13 +520,16 @@ def _compile_comparison(op: str, left: Node, right: Node, resolver: Resolver) ->
             return lambda row: getter(row) is not None
         return lambda row: False
     fn = _OPS[op]
+    lookup: Lookup | None = None
+    if op == "eq" and "/" not in left[1]:
+        lookup = (left[1], frozenset((normalise_for_lookup(literal),)))
     if norm is None:
 
         def typed(row: Row) -> bool:
             v = getter(row)
             return v is not None and fn(v, literal)
 
-        return typed
+        return _with_lookup(typed, lookup)
 
     def normalised(row: Row) -> bool:
         v = getter(row)
@@ -509,7 +541,7 @@ def _compile_comparison(op: str, left: Node, right: Node, resolver: Resolver) ->
         except TypeError:
             return False
 
-    return normalised
+    return _with_lookup(normalised, lookup)
 
 
 _STRING_FUNCS: dict[str, Callable[[str, str], bool]] = {
@@ -558,7 +590,9 @@ def _compile_call(
                     return False
                 return (norm(v) in members) != negate
 
-            return in_fn
+            prop = str(prop_node[1])
+            wanted = frozenset(normalise_for_lookup(m) for m in members if m is not None)
+            return _with_lookup(in_fn, None if negate or "/" in prop else (prop, wanted))
         if len(converted) != 2:
             raise ODataError(f"PropertyValues of '{name}' must hold exactly two values.")
         low, high = converted

@@ -32,6 +32,7 @@ from airflow_provider_didomi_dynamics.emulators.dataverse.models.metadata import
     stable_id,
     standard_contact_attributes,
 )
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.row_index import IndexedRows
 from airflow_provider_didomi_dynamics.emulators.dataverse.models.schema import AlternateKey
 from airflow_provider_didomi_dynamics.emulators.dataverse.models.security import SecurityModel
 from airflow_provider_didomi_dynamics.emulators.dataverse.models.system_tables import SDK_MESSAGES, SystemTable
@@ -115,7 +116,7 @@ class DataverseModel(ContactPointConsent):
         self._by_web: dict[str, AttributeMeta] = {}
         for meta in standard_contact_attributes():
             self._register_attribute(meta)
-        self.rows: dict[str, dict[str, Any]] = {}
+        self.rows = IndexedRows()
         self.keys: dict[str, AlternateKey] = {}
         self._pending_keys = False
         self._active_keys: list[AlternateKey] = []

@@ -13,6 +13,7 @@ from airflow_provider_didomi_dynamics.emulators.dataverse import errors as E
 from airflow_provider_didomi_dynamics.emulators.dataverse.errors import DataverseError
 from airflow_provider_didomi_dynamics.emulators.dataverse.models.contacts import Contacts
 from airflow_provider_didomi_dynamics.emulators.dataverse.models.metadata import PRIMARY_ID
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.row_index import candidate_rows
 from airflow_provider_didomi_dynamics.emulators.dataverse.odata import (
     ODataError,
     Resolver,
@@ -166,7 +167,7 @@ class Queries(Contacts):
         with self._lock:
             by_web = self._by_web
             page, next_state, count, delta_version = ordered_page(
-                self.rows.values(),
+                candidate_rows(self.rows, predicate),
                 by_web,
                 PRIMARY_ID,
                 orderby,

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         Token,
     )
     from airflow_provider_didomi_dynamics.emulators.dataverse.models.metadata import AttributeMeta
+    from airflow_provider_didomi_dynamics.emulators.dataverse.models.row_index import IndexedRows
     from airflow_provider_didomi_dynamics.emulators.dataverse.models.schema import AlternateKey
     from airflow_provider_didomi_dynamics.emulators.dataverse.models.security import SecurityModel
     from airflow_provider_didomi_dynamics.emulators.dataverse.models.system_tables import SystemTable
@@ -80,7 +81,7 @@ class OrgState:
     _active_keys: list[AlternateKey]
     _key_by_attributes: dict[frozenset[str], AlternateKey]
     # the contact table: rows, versions, transactions
-    rows: dict[str, dict[str, Any]]
+    rows: IndexedRows
     tombstones: list[tuple[int, str, int]]
     _version: int
     _last_us: int

@@ -27,6 +27,7 @@ from airflow_provider_didomi_dynamics.emulators.dataverse.models.queries import 
     QueryPage,
     ordered_page,
 )
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.row_index import IndexedRows, candidate_rows
 from airflow_provider_didomi_dynamics.emulators.dataverse.models.system_tables import _BIND_RE
 from airflow_provider_didomi_dynamics.emulators.dataverse.odata import (
     ODataError,
@@ -101,7 +102,7 @@ class Table:
 
     def __init__(self, definition: TableDef) -> None:
         self.definition = definition
-        self.rows: dict[str, dict[str, Any]] = {}
+        self.rows: dict[str, dict[str, Any]] = IndexedRows()
         self.tombstones: list[tuple[int, str]] = []
         self.change_tracking = definition.change_tracking
         self.attributes = {m.logical_name: m for m in definition.attributes}
@@ -448,7 +449,7 @@ class Tables(Bulk):
             table = self.table(name)
             primary = table.definition.primary_id
             page, next_state, count, delta_version = ordered_page(
-                table.rows.values(),
+                candidate_rows(table.rows, predicate),
                 table.by_web,
                 primary,
                 orderby,

@@ -33,3 +33,9 @@ def airflow_db() -> Path:
         )
         marker.touch()
     return _AIRFLOW_HOME
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow files (minutes each: real deployments, the wheel) start first, so the other worker fills in beside them
+    instead of one of them ending the suite alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -103,6 +103,36 @@ class _TaskResult:
     ok: bool = True
 
 
+@dataclass
+class WriterLimit:
+    """How many writers may send at once: one more per clean answer (from two) until Dataverse first throttles, then
+    one fewer per throttled answer and one more only after ``8 x limit`` clean answers in a row.
+
+    Parallel pushes (mapped chunks, one process each) share one service-protection budget that none of them sees
+    whole: without backing off, each keeps its full ``x-ms-dop-hint`` and every 429 pauses all its writers for a
+    whole Retry-After. Backing off lets each settle on its share of the budget.
+    """
+
+    ceiling: int
+    limit: int
+    throttled_seen: int = 0
+    backed_off: bool = False
+    calm: int = 0
+
+    def answer(self, ok: bool, throttled_total: int) -> int:
+        """Take one finished request into account (``throttled_total``: the hook's 429s so far); the new limit."""
+        if throttled_total > self.throttled_seen:
+            self.throttled_seen = throttled_total
+            self.limit = max(1, self.limit - 1)
+            self.backed_off, self.calm = True, 0
+        elif ok:
+            self.calm += 1
+            if not self.backed_off or self.calm >= 8 * self.limit:
+                self.limit = min(self.ceiling, self.limit + 1)
+                self.calm = 0
+        return self.limit
+
+
 class ContactPusher:
     """Runs one push with one hook: lookups, plan, parallel bulk writes, bad-row isolation, the report.
 
@@ -229,7 +259,7 @@ class ContactPusher:
         writers = self.parallelism
         readers = writers if self.options.dry_run else max(1, self.options.lookup_parallelism)
         backlog_limit = (writers + 1) * self.options.batch_size
-        write_limit = min(2, writers)
+        limit = WriterLimit(writers, min(2, writers), throttled_seen=self.hook.stats.throttled_429)
         running: dict[TaskKind, int] = {"lookup": 0, "update": 0, "create": 0, "upsert": 0}
         in_flight: dict[Future[_TaskResult], _Task] = {}
 
@@ -241,7 +271,7 @@ class ContactPusher:
 
         with ThreadPoolExecutor(max_workers=writers + readers, thread_name_prefix="dataverse-push") as pool:
             while lookups or writes or in_flight:
-                while writes and len(in_flight) - running["lookup"] < write_limit:
+                while writes and len(in_flight) - running["lookup"] < limit.limit:
                     submit(writes.popleft())
                 backlog = sum(map(len, pending.values())) + sum(len(t.writes) for t in writes)
                 while lookups and (backlog < backlog_limit or not in_flight):
@@ -261,8 +291,8 @@ class ContactPusher:
                     self.record(result, report, plan, pending)
                     progress.set(len(report.rows))
                     writes.extend(result.follow_ups)
-                    if result.ok:  # every clean answer, a lookup's too, lets one more writer in
-                        write_limit = min(writers, write_limit + 1)
+                    # every clean answer, a lookup's too, may let one more writer in; a 429 takes one out
+                    limit.answer(result.ok, self.hook.stats.throttled_429)
                 done_looking = not lookups and not running["lookup"]
                 for kind, buffer in pending.items():
                     size = self.options.batch_size

@@ -193,6 +193,41 @@ def test_max_parallelism_caps_requests_in_flight(org: Org) -> None:
     assert peak == 1
 
 
+def test_a_429_takes_one_writer_out_until_many_clean_answers(org: Org) -> None:
+    """Parallel chunk pushes share one budget none of them sees whole: a throttled push backs off by a writer instead
+    of sending at its full x-ms-dop-hint into the next 429."""
+    org.add([{"emailaddress1": f"w{i}@x.com", "followemail": False} for i in range(60)])
+    org.model.faults.arm("status", 1, status=429, retry_after=1, path_contains="UpdateMultiple")
+    hook = org.hook()
+    in_flight = peak_before = peak_after = 0
+    lock = threading.Lock()
+    original = hook.update_multiple
+
+    def tracked(*args: Any, **kwargs: Any) -> None:
+        nonlocal in_flight, peak_before, peak_after
+        with lock:
+            in_flight += 1
+            if hook.stats.throttled_429:
+                peak_after = max(peak_after, in_flight)
+            else:
+                peak_before = max(peak_before, in_flight)
+        time.sleep(0.05)
+        try:
+            original(*args, **kwargs)
+        finally:
+            with lock:
+                in_flight -= 1
+
+    hook.update_multiple = tracked  # type: ignore[method-assign]
+    report, _ = push(
+        org, [row(f"w{i}@x.com", followemail=True) for i in range(60)], hook=hook, batch_size=5, max_parallelism=3
+    )
+    assert outcomes(report) == {"updated": 60}
+    assert report["throttled_429"] == 1
+    assert peak_before == 3, "before the 429 the push ramps up to its three writers"
+    assert peak_after == 2, "after it, one writer stays out (11 answers are fewer than 8 x 2)"
+
+
 def test_429_storm_mid_push_every_row_lands_exactly_once(org: Org) -> None:
     org.model.set_service_protection(ServiceProtection(window_s=1.0, max_requests=6, max_execution_ms=1e9))
     org.add([{"emailaddress1": f"s{i:03d}@x.com", "followemail": False} for i in range(200)])

@@ -201,7 +201,7 @@ class ContactPusher:
         time on round trips one after the other before the first write.
         """
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="dataverse-prepare") as side:
-            asked = [side.submit(self.check_attributes), side.submit(lambda: self.hook.user_id)]
+            asked: list[Future[Any]] = [side.submit(self.check_attributes), side.submit(lambda: self.hook.user_id)]
             if not self.options.dry_run:
                 asked.append(side.submit(self.hook.has_bulk_message, "UpdateMultiple", ENTITY))
                 if self.config.upsert_mode:

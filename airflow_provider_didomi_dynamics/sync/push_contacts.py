@@ -105,8 +105,8 @@ class _TaskResult:
 
 @dataclass
 class WriterLimit:
-    """How many writers may send at once: one more per clean answer (from two) until Dataverse first throttles, then
-    one fewer per throttled answer and one more only after ``8 x limit`` clean answers in a row.
+    """How many writers may send at once: ``x-ms-dop-hint`` from the start (Dataverse recommends that many), one
+    fewer per throttled answer, and one more only after ``8 x limit`` clean answers in a row.
 
     Parallel pushes (mapped chunks, one process each) share one service-protection budget that none of them sees
     whole: without backing off, each keeps its full ``x-ms-dop-hint`` and every 429 pauses all its writers for a
@@ -225,16 +225,23 @@ class ContactPusher:
             )
 
     def prepare(self) -> None:
-        """Check the columns, decide how creates are keyed, and learn which bulk messages the org offers."""
-        self.check_attributes()
-        if self.options.dry_run:
-            return
-        messages = ["UpdateMultiple"]
-        if self.config.upsert_mode:
-            self._by_key = self.use_alternate_key()
-            messages.append("UpsertMultiple" if self._by_key else "CreateMultiple")
-        for message in messages:
-            self.hook.has_bulk_message(message, ENTITY)
+        """Check the columns, decide how creates are keyed, learn the bulk messages and our own user id.
+
+        The questions are independent, so they travel side by side: a short push should not spend a fifth of its
+        time on round trips one after the other before the first write.
+        """
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="dataverse-prepare") as side:
+            asked: list[Future[Any]] = [side.submit(self.check_attributes), side.submit(lambda: self.hook.user_id)]
+            if not self.options.dry_run:
+                asked.append(side.submit(self.hook.has_bulk_message, "UpdateMultiple", ENTITY))
+                if self.config.upsert_mode:
+                    asked.append(side.submit(self._choose_create_message))
+            for future in asked:
+                future.result()
+
+    def _choose_create_message(self) -> None:
+        self._by_key = self.use_alternate_key()
+        self.hook.has_bulk_message("UpsertMultiple" if self._by_key else "CreateMultiple", ENTITY)
 
     def use_alternate_key(self) -> bool:
         if self.options.use_alternate_key is not None:
@@ -246,9 +253,12 @@ class ContactPusher:
     def execute(self, rows: Sequence[InputRow], report: RunReport) -> PushPlan:
         """Run lookups and writes side by side until every row has an outcome.
 
-        Writers follow the org's parallelism (``x-ms-dop-hint``, capped), ramping up from two; lookups run in
-        their own lane(s) so resolving the next keys never takes a writer's turn, and they pause while enough
-        planned rows wait to be written (memory stays bounded). A dry run only looks up, on every lane.
+        Writers follow the org's parallelism (``x-ms-dop-hint``, capped), which the answers to ``prepare`` already
+        carried: Dataverse recommends that many parallel requests, so the push starts there instead of ramping up
+        to it. Lookups run in their own lane(s) so resolving the next keys never takes a writer's turn, and they
+        pause while enough planned rows wait to be written (memory stays bounded). Planned rows wait in ``pending``
+        until a writer is free: once every key is resolved, the rest is cut into whole rounds, so the writers
+        finish together. A dry run only looks up, on every lane.
         """
         by_key = {row.key: row for row in rows}
         chunks = self.hook.in_filter_chunks(ENTITY_SET, self.key_attribute, list(by_key), self.select_columns())
@@ -259,7 +269,7 @@ class ContactPusher:
         writers = self.parallelism
         readers = writers if self.options.dry_run else max(1, self.options.lookup_parallelism)
         backlog_limit = (writers + 1) * self.options.batch_size
-        limit = WriterLimit(writers, min(2, writers), throttled_seen=self.hook.stats.throttled_429)
+        limit = WriterLimit(writers, writers, throttled_seen=self.hook.stats.throttled_429)
         running: dict[TaskKind, int] = {"lookup": 0, "update": 0, "create": 0, "upsert": 0}
         in_flight: dict[Future[_TaskResult], _Task] = {}
 
@@ -270,8 +280,11 @@ class ContactPusher:
             in_flight[pool.submit(self.run_task, task)] = task
 
         with ThreadPoolExecutor(max_workers=writers + readers, thread_name_prefix="dataverse-push") as pool:
-            while lookups or writes or in_flight:
-                while writes and len(in_flight) - running["lookup"] < limit.limit:
+            while lookups or writes or in_flight or any(pending.values()):
+                done_looking = not lookups and not running["lookup"]
+                while len(in_flight) - running["lookup"] < limit.limit:
+                    if not writes and not self._cut_batch(pending, writes, limit.limit, done_looking):
+                        break
                     submit(writes.popleft())
                 backlog = sum(map(len, pending.values())) + sum(len(t.writes) for t in writes)
                 while lookups and (backlog < backlog_limit or not in_flight):
@@ -291,17 +304,27 @@ class ContactPusher:
                     self.record(result, report, plan, pending)
                     progress.set(len(report.rows))
                     writes.extend(result.follow_ups)
-                    # every clean answer, a lookup's too, may let one more writer in; a 429 takes one out
+                    # a 429 takes one writer out; clean answers bring it back (WriterLimit)
                     limit.answer(result.ok, self.hook.stats.throttled_429)
-                done_looking = not lookups and not running["lookup"]
-                for kind, buffer in pending.items():
-                    size = self.options.batch_size
-                    if done_looking and buffer:
-                        size = _final_batch_size(len(buffer), size, writers)
-                    while len(buffer) >= size or (buffer and done_looking):
-                        writes.append(_Task(kind, buffer[:size]))
-                        del buffer[:size]
         return plan
+
+    def _cut_batch(
+        self, pending: dict[TaskKind, list[PlannedWrite]], writes: deque[_Task], writers: int, done_looking: bool
+    ) -> bool:
+        """Queue one bulk write from the fullest buffer: a full batch, or (every key resolved) a share of what is
+        left sized so the remaining rounds keep every writer busy. False when nothing can be cut yet."""
+        kind, buffer = max(pending.items(), key=lambda item: len(item[1]))
+        size = self.options.batch_size
+        if not buffer or (len(buffer) < size and not done_looking):
+            return False
+        if done_looking:  # this kind's share of the last rounds, so no small batch trails behind
+            total = sum(map(len, pending.values()))
+            rounds = math.ceil(total / _final_batch_size(total, size, writers))
+            share = max(1, round(rounds * len(buffer) / total))
+            size = max(1, min(size, math.ceil(len(buffer) / share)))
+        writes.append(_Task(kind, buffer[:size]))
+        del buffer[:size]
+        return True
 
     def record(
         self, result: _TaskResult, report: RunReport, plan: PushPlan, pending: dict[TaskKind, list[PlannedWrite]]

@@ -262,6 +262,8 @@ class ContactPusher:
         """
         by_key = {row.key: row for row in rows}
         chunks = self.hook.in_filter_chunks(ENTITY_SET, self.key_attribute, list(by_key), self.select_columns())
+        if chunks and len(chunks[0]) > self.options.batch_size:  # the first write waits for one batch, no more
+            chunks[:1] = [chunks[0][: self.options.batch_size], chunks[0][self.options.batch_size :]]
         lookups: deque[_Task] = deque(_Task("lookup", rows=[by_key[k] for k in chunk]) for chunk in chunks)
         writes: deque[_Task] = deque()
         pending: dict[TaskKind, list[PlannedWrite]] = {"update": [], "create": [], "upsert": []}

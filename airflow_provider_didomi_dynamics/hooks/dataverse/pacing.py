@@ -22,7 +22,7 @@ class BudgetPacer:
 
     def __init__(
         self,
-        reserve_fraction: float = 0.1,
+        reserve_fraction: float = 0.03,
         max_hold_s: float = 0.25,
         stale_after_s: float = 1.0,
         clock: Any = time.monotonic,

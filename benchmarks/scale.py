@@ -560,6 +560,11 @@ def figures(
     starts = [t for t in (parse_time(ti["start_date"]) for ti in pushes) if t]
     ends = [t for t in (parse_time(ti["end_date"]) for ti in pushes) if t]
     push_seconds = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+    windows = sorted(
+        (round((a - min(starts)).total_seconds(), 1), round((b - min(starts)).total_seconds(), 1))
+        for a, b in ((parse_time(ti["start_date"]), parse_time(ti["end_date"])) for ti in pushes)
+        if a and b
+    )
     counts = report.get("counts") or {}
     written = int(counts.get("created", 0)) + int(counts.get("updated", 0))
     concurrency = min(pool_slots, len(pushes) or 1) * DOP_HINT
@@ -576,6 +581,7 @@ def figures(
         "seconds": round(seconds, 1),
         "users_per_s": round(users / seconds, 1),
         "push_seconds": round(push_seconds, 1),
+        "push_windows": windows,
         "rows_written": written,
         "counts": counts,
         "throttled_429": report.get("throttled_429"),
@@ -618,6 +624,10 @@ def show(run: dict[str, Any]) -> None:
         f"  push phase {run['push_seconds']} s: {run['rows_written']:,} rows written at "
         f"{run['rows_written'] / max(run['push_seconds'], 1e-9):,.0f} rows/s = {run['capacity_fraction']:.0%} of "
         f"the modelled {run['capacity_rows_per_s']:,.0f} rows/s"
+    )
+    print(
+        "  push tasks (start-end s after the first push started): "
+        + ", ".join(f"{a}-{b}" for a, b in run["push_windows"])
     )
     tasks = run["task_rss_mb"]
     biggest = sorted(tasks.items(), key=lambda kv: -kv[1])[:6]

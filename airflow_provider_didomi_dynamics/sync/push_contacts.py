@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pandas as pd
 import requests
@@ -105,29 +105,39 @@ class _TaskResult:
 
 @dataclass
 class WriterLimit:
-    """How many writers may send at once: ``x-ms-dop-hint`` from the start (Dataverse recommends that many), one
-    fewer per throttled answer, and one more only after ``8 x limit`` clean answers in a row.
+    """How many writers may send at once, steered by Dataverse's signals like a congestion window.
 
-    Parallel pushes (mapped chunks, one process each) share one service-protection budget that none of them sees
-    whole: without backing off, each keeps its full ``x-ms-dop-hint`` and every 429 pauses all its writers for a
-    whole Retry-After. Backing off lets each settle on its share of the budget.
+    ``x-ms-dop-hint`` from the start (Dataverse recommends that many). A 429, or an answer that leaves less than
+    ``SQUEEZED`` of the budget (``x-ms-ratelimit-*-remaining``: a 429 is a request or two away), takes one writer
+    out, at most once per round of answers (those already on their way were sent before the signal). After backing
+    off, one comes back per ``4 x limit`` clean answers in a row. Parallel pushes
+    (mapped chunks, one process each) share one budget that none of them sees whole: this way each settles on its
+    share instead of sending at its full hint into the next Retry-After, which stops all its writers.
     """
+
+    SQUEEZED: ClassVar[float] = 0.03
 
     ceiling: int
     limit: int
     throttled_seen: int = 0
     backed_off: bool = False
     calm: int = 0
+    since_decrease: int = 0
 
-    def answer(self, ok: bool, throttled_total: int) -> int:
-        """Take one finished request into account (``throttled_total``: the hook's 429s so far); the new limit."""
-        if throttled_total > self.throttled_seen:
-            self.throttled_seen = throttled_total
-            self.limit = max(1, self.limit - 1)
-            self.backed_off, self.calm = True, 0
+    def answer(self, ok: bool, throttled_total: int, headroom: float | None = None) -> int:
+        """Take one finished request into account (``throttled_total``: the hook's 429s so far; ``headroom``: the
+        share of the budget its answer left, None if unknown); the new limit."""
+        throttled = throttled_total > self.throttled_seen
+        self.throttled_seen = max(self.throttled_seen, throttled_total)
+        self.since_decrease += 1
+        if throttled or (headroom is not None and headroom < self.SQUEEZED):
+            self.calm = 0
+            if not self.backed_off or self.since_decrease > self.limit:
+                self.limit = max(1, self.limit - 1)
+                self.backed_off, self.since_decrease = True, 0
         elif ok:
             self.calm += 1
-            if not self.backed_off or self.calm >= 8 * self.limit:
+            if not self.backed_off or self.calm >= 4 * self.limit:
                 self.limit = min(self.ceiling, self.limit + 1)
                 self.calm = 0
         return self.limit
@@ -307,7 +317,7 @@ class ContactPusher:
                     progress.set(len(report.rows))
                     writes.extend(result.follow_ups)
                     # a 429 takes one writer out; clean answers bring it back (WriterLimit)
-                    limit.answer(result.ok, self.hook.stats.throttled_429)
+                    limit.answer(result.ok, self.hook.stats.throttled_429, self.hook.pacer.headroom())
         return plan
 
     def _cut_batch(

@@ -278,3 +278,17 @@ def test_budget_pacer_holds_only_while_the_budget_is_low() -> None:
     now[0] += 5  # the observation went stale: the window has slid since
     pacer.wait()
     assert slept == []
+
+
+def test_writers_back_off_once_per_round_when_an_answer_leaves_the_budget_nearly_spent() -> None:
+    """Two chunk pushes share one budget: an answer leaving under 3% of it takes one writer out (a 429 is a request
+    away), the answers already on their way do not take more, and clean answers bring the writer back slowly."""
+    from airflow_provider_didomi_dynamics.sync.push_contacts import WriterLimit
+
+    limit = WriterLimit(ceiling=3, limit=3)
+    assert limit.answer(True, 0, headroom=0.5) == 3
+    assert limit.answer(True, 0, headroom=0.02) == 2  # squeezed
+    assert [limit.answer(True, 0, headroom=0.01) for _ in range(2)] == [2, 2]  # same round: sent before the signal
+    assert limit.answer(True, 0, headroom=0.01) == 1  # a round later, still squeezed
+    assert [limit.answer(True, 0, headroom=0.4) for _ in range(4)] == [1, 1, 1, 2]  # 4 x 1 clean answers
+    assert limit.answer(False, 1, headroom=None) == 1  # a 429: at least one writer stays

@@ -64,6 +64,17 @@ class BudgetPacer:
                 if self._ceiling.get(name)
             )
 
+    def headroom(self) -> float | None:
+        """The share of the budget the latest recent answer left (the lower of requests and execution time), or None
+        when no recent answer carried the headers. Writers steer by it: near zero, a 429 is one request away."""
+        with self._lock:
+            if self._clock() - self._seen_at > self.stale_after_s:
+                return None
+            shares = [
+                self._remaining[name] / self._ceiling[name] for name in self._remaining if self._ceiling.get(name)
+            ]
+            return min(shares) if shares else None
+
     def wait(self) -> None:
         """Sleep in short steps while the last answer said the budget is low, at most ``max_hold_s``."""
         started = self._clock()

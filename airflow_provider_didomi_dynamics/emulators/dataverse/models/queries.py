@@ -13,7 +13,7 @@ from airflow_provider_didomi_dynamics.emulators.dataverse import errors as E
 from airflow_provider_didomi_dynamics.emulators.dataverse.errors import DataverseError
 from airflow_provider_didomi_dynamics.emulators.dataverse.models.contacts import Contacts
 from airflow_provider_didomi_dynamics.emulators.dataverse.models.metadata import PRIMARY_ID
-from airflow_provider_didomi_dynamics.emulators.dataverse.models.row_index import candidate_rows
+from airflow_provider_didomi_dynamics.emulators.dataverse.models.row_index import PrimaryOrder, candidate_rows
 from airflow_provider_didomi_dynamics.emulators.dataverse.odata import (
     ODataError,
     Resolver,
@@ -239,9 +239,15 @@ def ordered_page(
         after = key_from_json(state["k"])
         if version is not None:
             delta_version = state.get("v", delta_version)
-    page, last_key, count = run_query(
-        rows, predicate=predicate, order=order, page_size=page_size, after=after, with_count=with_count
-    )
+    if isinstance(rows, PrimaryOrder) and predicate is None and not orderby:  # every row by id: no sort per page
+        after_id = after[0][1] if after is not None and after[0][0] == 1 else None
+        page, more = rows.page_after(after_id, page_size)
+        last_key = ((1, str(page[-1][primary]).lower()),) if more and page else None
+        count = len(rows) if with_count else None
+    else:
+        page, last_key, count = run_query(
+            rows, predicate=predicate, order=order, page_size=page_size, after=after, with_count=with_count
+        )
     next_state: dict[str, Any] | None = None
     if last_key is not None:
         next_state = {"k": key_to_json(last_key)}

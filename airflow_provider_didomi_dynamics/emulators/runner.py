@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_didomi_dynamics.emulators.common.private_file import write_private_json
 from airflow_provider_didomi_dynamics.emulators.common.tls import TlsMaterial, generate_tls_material
 from airflow_provider_didomi_dynamics.emulators.demo_data import DEMO_USERS
 
@@ -55,9 +56,7 @@ class RunningEmulators(AbstractContextManager["RunningEmulators"]):
                 self.dataverse.model if self.dataverse else None,
                 users=self.demo_users,
             )
-        path = self.state_dir / ENDPOINTS_FILE
-        path.write_text(json.dumps(self.endpoints, indent=2) + "\n")
-        path.chmod(0o600)
+        write_private_json(self.state_dir / ENDPOINTS_FILE, self.endpoints)
         return self
 
     def stop(self) -> None:

@@ -13,13 +13,13 @@ controls are reachable over HTTP under ``/_emulator/`` from loopback.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from airflow_provider_didomi_dynamics.emulators.common.faults import FaultMiddleware
+from airflow_provider_didomi_dynamics.emulators.common.private_file import write_private_json
 from airflow_provider_didomi_dynamics.emulators.common.server import EmulatorServer
 from airflow_provider_didomi_dynamics.emulators.common.tls import TlsMaterial, generate_tls_material
 from airflow_provider_didomi_dynamics.emulators.dataverse.http.app import DataverseApp
@@ -166,11 +166,7 @@ class DataverseEmulator:
 
     def write_endpoints(self, path: Path) -> Path:
         """Write :meth:`endpoints` as JSON (mode 0600: it holds client secrets)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.endpoints(), indent=2) + "\n")
-        path.chmod(0o600)
-        return path
+        return write_private_json(path, self.endpoints())
 
 
 __all__ = [

@@ -7,12 +7,12 @@ printed; benchmarks run it this way so the emulator does not share the client's 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import threading
 from pathlib import Path
 
+from airflow_provider_didomi_dynamics.emulators.common.private_file import write_private_json
 from airflow_provider_didomi_dynamics.emulators.demo_data import DEMO_USERS
 from airflow_provider_didomi_dynamics.emulators.didomi import DidomiEmulator
 
@@ -48,10 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     emulator.start()
     try:
         endpoints = {**emulator.endpoints(), "pid": os.getpid()}
-        target = state_dir / "endpoints.json"
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(json.dumps(endpoints, indent=2))
-        tmp.replace(target)  # atomic: a poller never reads half a file
+        write_private_json(state_dir / "endpoints.json", endpoints)  # a poller never reads half a file
         name, value = emulator.airflow_conn_env()
         print(f"Didomi emulator on {emulator.url} ({emulator.model.user_count()} users)", flush=True)
         print(f"export {name}='{value}'", flush=True)

@@ -10,7 +10,7 @@ PACKAGE = "airflow_provider_didomi_dynamics"
 
 
 def get_provider_info() -> dict[str, Any]:
-    """Connection forms (``conn-fields`` + ``ui-field-behaviour``, Airflow >= 3.2), hooks and operators."""
+    """Connection forms (``conn-fields`` + ``ui-field-behaviour``, Airflow >= 3.2), hooks, operators, triggers."""
     return {
         "package-name": "airflow-provider-didomi-dynamics",
         "name": "Didomi and Microsoft Dynamics 365",
@@ -43,6 +43,12 @@ def get_provider_info() -> dict[str, Any]:
             {
                 "integration-name": "Microsoft Dynamics 365 (Dataverse)",
                 "python-modules": [f"{PACKAGE}.operators.dataverse"],
+            },
+        ],
+        "triggers": [
+            {
+                "integration-name": "Microsoft Dynamics 365 (Dataverse)",
+                "python-modules": [f"{PACKAGE}.triggers.dataverse_changes"],
             },
         ],
         "connection-types": [

@@ -65,7 +65,7 @@ def test_every_declared_module_imports() -> None:
     import importlib
 
     info = get_provider_info()
-    for section in ("hooks", "operators"):
+    for section in ("hooks", "operators", "triggers"):
         for item in info[section]:
             for module in item["python-modules"]:
                 importlib.import_module(module)

@@ -1,0 +1,1 @@
+"""Triggers that run in Airflow's triggerer: event-driven scheduling of the sync DAGs."""

@@ -55,14 +55,8 @@ class BudgetPacer:
 
     def low(self) -> bool:
         """Whether the latest answer (if recent: the window slides on) left less than the reserve."""
-        with self._lock:
-            if self._clock() - self._seen_at > self.stale_after_s:
-                return False
-            return any(
-                self._remaining[name] <= self.reserve_fraction * self._ceiling[name]
-                for name in self._remaining
-                if self._ceiling.get(name)
-            )
+        share = self.headroom()
+        return share is not None and share <= self.reserve_fraction
 
     def headroom(self) -> float | None:
         """The share of the budget the latest recent answer left (the lower of requests and execution time), or None

@@ -1,6 +1,6 @@
-"""The provider's DAGs as factories, so they ship in the wheel; a DAG file of three lines calls one at module level.
+"""The provider's DAGs as factories, so they ship in the wheel; a DAG file of a few lines calls one at module level.
 
-Airflow's DAG processor only reads files in its DAGs folder, so a deployment copies the three files
+Airflow's DAG processor only reads files in its DAGs folder, so a deployment copies the files
 :func:`dag_file_text` prints (the repo's ``dags/`` holds the same) or lets :func:`write_dag_files` write them.
 Importing this package imports no operator: each factory module does, when it is imported.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DAG_IDS = ("didomi_to_dynamics", "dynamics_to_didomi", "dynamics_webhook_setup")
+DAG_IDS = ("didomi_to_dynamics", "dynamics_to_didomi", "dynamics_to_didomi_live", "dynamics_webhook_setup")
 
 _DAG_FILE = '''"""The {dag_id} DAG, as the provider defines it (airflow_provider_didomi_dynamics.dags)."""
 
@@ -27,7 +27,7 @@ def dag_file_text(dag_id: str) -> str:
 
 
 def write_dag_files(folder: Path) -> Path:
-    """Write (or refresh) the three DAG files into ``folder``, created if missing, and return it."""
+    """Write (or refresh) the DAG files into ``folder``, created if missing, and return it."""
     folder.mkdir(parents=True, exist_ok=True)
     for dag_id in DAG_IDS:
         path = folder / f"{dag_id}.py"

@@ -22,6 +22,11 @@ def schedule_cron(direction: str, default: str = "0 * * * *") -> str:
     return os.environ.get(f"DIDOMI_DYNAMICS_SCHEDULE_{direction.upper()}", default)
 
 
+def live_poll_seconds() -> float:
+    """How often the live DAG's trigger asks Dataverse what changed (``DIDOMI_DYNAMICS_LIVE_POLL_SECONDS``, 15)."""
+    return float(os.environ.get("DIDOMI_DYNAMICS_LIVE_POLL_SECONDS", "15"))
+
+
 def export_path() -> str | None:
     """Didomi's batch export for full syncs (``DIDOMI_DYNAMICS_EXPORT_PATH``: ``s3://conn@bucket/data/export-id=..``)."""
     return os.environ.get("DIDOMI_DYNAMICS_EXPORT_PATH") or None

@@ -290,9 +290,21 @@ class DataversePullContactsOperator(BaseOperator):
     rows carrying our ``msdynmkt_reason`` marker are left out too), each tied to its Didomi user through the contact
     holding the contact point (``sync/pull_contact_point_consent.py``); ``contact_ids`` then means those contacts'
     contact points.
+
+    ``row_ids`` (the live DAG: the ids ``DataverseChangesTrigger`` reported) reads exactly those rows of the synced
+    table, contacts or Contact Point Consent rows, and nothing when the list is empty; window and ``contact_ids``
+    are ignored then.
     """
 
-    template_fields: Sequence[str] = ("config", "since", "until", "full_sync", "contact_ids", "dataverse_conn_id")
+    template_fields: Sequence[str] = (
+        "config",
+        "since",
+        "until",
+        "full_sync",
+        "contact_ids",
+        "row_ids",
+        "dataverse_conn_id",
+    )
     ui_color = "#e8f5e9"
 
     def __init__(
@@ -304,6 +316,7 @@ class DataversePullContactsOperator(BaseOperator):
         until: Any = None,
         full_sync: Any = False,
         contact_ids: Any = None,
+        row_ids: Any = None,
         lookback: dt.timedelta = DEFAULT_LOOKBACK,
         page_size: int = 5000,
         include_own_writes: bool = False,
@@ -316,6 +329,7 @@ class DataversePullContactsOperator(BaseOperator):
         self.until = until
         self.full_sync = full_sync
         self.contact_ids = contact_ids
+        self.row_ids = row_ids
         self.lookback = lookback
         self.page_size = page_size
         self.include_own_writes = include_own_writes
@@ -333,8 +347,10 @@ class DataversePullContactsOperator(BaseOperator):
     @fails_fast
     def execute(self, context: Any) -> pd.DataFrame:
         config = load_config(self.config)
+        row_ids = None if self.row_ids is None else guid_list(self.row_ids, "row_ids")
         targeted = guid_list(self.contact_ids)
-        window = None if targeted else self.window(context if isinstance(context, Mapping) else {})
+        live = row_ids is not None
+        window = None if targeted or live else self.window(context if isinstance(context, Mapping) else {})
         hook = DataverseHook.for_config(self.dataverse_conn_id, config)
         pull = pull_consent_changes if config.target is Target.CONTACT_POINT_CONSENT else pull_contacts
         try:
@@ -343,6 +359,7 @@ class DataversePullContactsOperator(BaseOperator):
                 config,
                 window,
                 contact_ids=targeted,
+                row_ids=row_ids,
                 page_size=self.page_size,
                 include_own_writes=self.include_own_writes,
             )

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 from airflow.sdk import BaseOperator, Context
 
-from airflow_provider_didomi_dynamics.core.coerce import flag, id_list
+from airflow_provider_didomi_dynamics.core.coerce import flag, guid_list, id_list
 from airflow_provider_didomi_dynamics.core.config import load_config
 from airflow_provider_didomi_dynamics.core.report import RunReport, enforce_failure_threshold
 from airflow_provider_didomi_dynamics.core.windows import DEFAULT_LOOKBACK, SyncWindow, resolve_window
@@ -158,10 +158,13 @@ class DidomiPushConsentsOperator(BaseOperator):
     ``dry_run`` plans and reports without sending anything.
 
     :param config: optional integration config; its mappings name preference ids that contain ``_``.
+    :param deleted_ids: rows deleted in Dynamics (the live trigger reports them): each is reported skipped,
+        "deleted in Dynamics", and never turned into a Didomi opt-out (a deleted contact withdrew nothing).
     """
 
     template_fields: Sequence[str] = (
         "events",
+        "deleted_ids",
         "is_dry_run",
         "failure_threshold_rows",
         "failure_threshold_percent",
@@ -180,9 +183,11 @@ class DidomiPushConsentsOperator(BaseOperator):
         failure_threshold_percent: float | None = None,
         disable_integrations: bool = True,
         http_retry_policy: RetryPolicy | None = None,
+        deleted_ids: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.deleted_ids = deleted_ids
         self.http_retry_policy = http_retry_policy
         self.events = events
         self.didomi_conn_id = didomi_conn_id
@@ -209,7 +214,8 @@ class DidomiPushConsentsOperator(BaseOperator):
             queue = RetryQueue.for_task(ti, f"{hook.base_url}/{organization}")
         try:
             queued = queue.read() if queue is not None else []
-            report = push_consents(hook, self.events, config, options, retry_rows=queued)
+            deleted = guid_list(self.deleted_ids, "deleted_ids")
+            report = push_consents(hook, self.events, config, options, retry_rows=queued, deleted_ids=deleted)
         finally:
             hook.close()
         if ti is not None and not options.dry_run:

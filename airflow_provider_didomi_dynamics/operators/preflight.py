@@ -15,6 +15,7 @@ class SyncPreflightOperator(BaseOperator):
 
     :param config: the integration config (dict, JSON text, file path) or None for the Airflow Variable.
     :param check_webhook: also check the privileges webhook registration needs.
+    :param check_change_tracking: also check the synced table keeps change tracking (the live reverse sync).
     """
 
     template_fields: Sequence[str] = ("config", "dataverse_conn_id", "didomi_conn_id")
@@ -27,6 +28,7 @@ class SyncPreflightOperator(BaseOperator):
         dataverse_conn_id: str | None = "dataverse_default",
         didomi_conn_id: str = "didomi_default",
         check_webhook: bool = False,
+        check_change_tracking: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -34,6 +36,7 @@ class SyncPreflightOperator(BaseOperator):
         self.dataverse_conn_id = dataverse_conn_id
         self.didomi_conn_id = didomi_conn_id
         self.check_webhook = check_webhook
+        self.check_change_tracking = check_change_tracking
 
     @fails_fast
     def execute(self, context: Context) -> dict[str, Any]:
@@ -45,4 +48,5 @@ class SyncPreflightOperator(BaseOperator):
             didomi_conn_id=self.didomi_conn_id,
             run_id=str(context.get("run_id") or ""),
             check_webhook=self.check_webhook,
+            check_change_tracking=self.check_change_tracking,
         )

@@ -37,7 +37,12 @@ WEBHOOK_PRIVILEGES = (
 
 
 def judge(
-    config: IntegrationConfig, dataverse: DataverseFacts, didomi: DidomiFacts, *, check_webhook: bool = False
+    config: IntegrationConfig,
+    dataverse: DataverseFacts,
+    didomi: DidomiFacts,
+    *,
+    check_webhook: bool = False,
+    check_change_tracking: bool = False,
 ) -> list[Check]:
     """Turn the gathered facts into checks, in the order a person fixes things."""
     checks: list[Check] = []
@@ -60,9 +65,35 @@ def judge(
         checks.extend(attribute_checks(config, dataverse, scan))
         checks.append(alternate_key_check(config, dataverse))
         checks.append(bulk_message_check(config, dataverse))
+    if not dataverse.connection_error and check_change_tracking:
+        checks.append(change_tracking_check(config, dataverse))
     if not didomi.connection_error:
         checks.extend(consent_id_checks(config, didomi))
     return checks
+
+
+def change_tracking_check(config: IntegrationConfig, facts: DataverseFacts) -> Check:
+    """The live reverse sync polls the synced table's delta link: without change tracking it falls back to
+    ``modifiedon`` windows, which cost a query per poll and never see a delete."""
+    from airflow_provider_didomi_dynamics.triggers.dataverse_changes import ENABLE_CHANGE_TRACKING
+
+    table = "msdynmkt_contactpointconsent4" if config.target is Target.CONTACT_POINT_CONSENT else "contact"
+    name = "Change tracking"
+    if facts.change_tracking_error:
+        return Check(
+            name,
+            FAIL,
+            f"Could not read EntityDefinitions(LogicalName='{table}'): {facts.change_tracking_error}.",
+            transient="change_tracking" in facts.transient,
+        )
+    if facts.change_tracking:
+        return Check(name, OK, f"{table} keeps change tracking: the live sync reads only what changed.")
+    return Check(
+        name,
+        WARN,
+        f"Change tracking is not enabled on {table}: the live sync falls back to reading modifiedon windows on "
+        "every poll and never sees a delete. Fix: " + ENABLE_CHANGE_TRACKING.format(table=table) + ".",
+    )
 
 
 def required_sync_privileges(config: IntegrationConfig) -> list[str]:

@@ -82,6 +82,9 @@ class DataverseFacts:
     consent_records_error: str | None = None
     consent_bulk: set[str] | None = None
     consent_bulk_error: str | None = None
+    # the live reverse sync: does the synced table keep change tracking?
+    change_tracking: bool | None = None
+    change_tracking_error: str | None = None
     # Facts ("connection", "attributes", ...) whose read failed in a way that may pass later.
     transient: set[str] = field(default_factory=set)
 
@@ -147,7 +150,9 @@ class DidomiFacts:
     scan_error: str | None = None
 
 
-def gather_dataverse(hook: Any, config: IntegrationConfig, check_webhook: bool) -> DataverseFacts:
+def gather_dataverse(
+    hook: Any, config: IntegrationConfig, check_webhook: bool, check_change_tracking: bool = False
+) -> DataverseFacts:
     """Every Dataverse answer the checks need; one failed read never hides the others."""
     facts = DataverseFacts(credentials=getattr(hook, "credential_source", ""))
     try:
@@ -188,6 +193,14 @@ def gather_dataverse(hook: Any, config: IntegrationConfig, check_webhook: bool) 
     def bulk() -> None:
         facts.bulk_messages = hook.bulk_messages(BULK_MESSAGES, "contact")
 
+    def change_tracking() -> None:
+        from airflow_provider_didomi_dynamics.hooks.dataverse.tables import CONTACT_POINT_CONSENT
+
+        synced = CONTACT_POINT_CONSENT if config.target is Target.CONTACT_POINT_CONSENT else "contact"
+        facts.change_tracking = hook.change_tracking_enabled(synced)
+
+    if check_change_tracking:
+        attempt("change_tracking", change_tracking)
     if config.target is Target.CONTACT_POINT_CONSENT:
         attempt("privileges", privileges)
         attempt("roles", roles)

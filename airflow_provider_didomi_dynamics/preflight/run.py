@@ -41,6 +41,7 @@ def run_preflight(
     didomi_hook: Any,
     *,
     check_webhook: bool = False,
+    check_change_tracking: bool = False,
     scan_pages: int = DEFAULT_SCAN_PAGES,
     run_id: str | None = None,
 ) -> PreflightReport:
@@ -56,6 +57,7 @@ def run_preflight(
         config_fingerprint(config),
         run_id,
         check_webhook,
+        check_change_tracking,
         scan_pages,
     )
     if run_id is not None:
@@ -67,9 +69,11 @@ def run_preflight(
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="preflight-didomi") as pool:
         didomi_future = pool.submit(gather_didomi, didomi_hook, scan_pages)
-        dataverse = gather_dataverse(dataverse_hook, config, check_webhook)
+        dataverse = gather_dataverse(dataverse_hook, config, check_webhook, check_change_tracking)
         didomi = didomi_future.result()
-    report = PreflightReport(judge(config, dataverse, didomi, check_webhook=check_webhook))
+    report = PreflightReport(
+        judge(config, dataverse, didomi, check_webhook=check_webhook, check_change_tracking=check_change_tracking)
+    )
     report.seconds = time.monotonic() - started
     if run_id is not None and report.ok:  # a failed report is never reused: the retry after a fix checks again
         with _CACHE_LOCK:
@@ -86,6 +90,7 @@ def preflight_task(
     didomi_conn_id: str = "didomi_default",
     run_id: str | None = None,
     check_webhook: bool = False,
+    check_change_tracking: bool = False,
     scan_pages: int = DEFAULT_SCAN_PAGES,
 ) -> dict[str, Any]:
     """The body of a DAG's first task: log the table, fail the task when a check failed, return the report's dict.
@@ -105,6 +110,7 @@ def preflight_task(
             dataverse,
             DidomiHook(didomi_conn_id),
             check_webhook=check_webhook,
+            check_change_tracking=check_change_tracking,
             scan_pages=scan_pages,
             run_id=run_id,
         )

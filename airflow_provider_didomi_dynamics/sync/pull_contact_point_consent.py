@@ -65,12 +65,14 @@ def pull_consent_changes(
     window: SyncWindow | None,
     *,
     contact_ids: Sequence[str] = (),
+    row_ids: Sequence[str] | None = None,
     page_size: int = 5000,
     include_own_writes: bool = False,
     marker: str = DIDOMI_REASON,
 ) -> pd.DataFrame:
     """Consent rows changed by others in ``window`` (ordered by modifiedon, then id, so paging neither repeats nor
-    skips), or, with ``contact_ids``, the current rows of those contacts' contact points (a targeted re-sync).
+    skips), or, with ``contact_ids``, the current rows of those contacts' contact points (a targeted re-sync), or,
+    with ``row_ids`` (the live trigger's changed consent rows), just those rows (none when the list is empty).
 
     Only rows of the purposes and topics a mapping sends to Didomi are kept; the others are counted in the log.
     """
@@ -79,7 +81,14 @@ def pull_consent_changes(
     by_row_kind = {(t.type_code, t.purpose_id, (t.topic_id or "")): t for t in targets}
     own = "" if include_own_writes else hook.user_id.lower()
     common = [f"_modifiedby_value ne {own}"] if own else []
-    if contact_ids:
+    if row_ids is not None:
+        primary = CONTACT_POINT_CONSENT.id_attribute
+        filters = [
+            " and ".join([in_filter(primary, chunk), *common])
+            for chunk in hook.in_filter_chunks(CONTACT_POINT_CONSENT, primary, list(row_ids), CHANGE_COLUMNS)
+        ]
+        described = f"{len(row_ids)} changed consent row(s)"
+    elif contact_ids:
         points = _contact_points_of(hook, config, contact_ids, {t.contact_point_type for t in targets})
         filters = [
             " and ".join([in_filter("msdynmkt_contactpointvalue", chunk), *common])

@@ -26,21 +26,25 @@ def pull_contacts(
     window: SyncWindow | None,
     *,
     contact_ids: Sequence[str] = (),
+    row_ids: Sequence[str] | None = None,
     page_size: int = 5000,
     include_own_writes: bool = False,
 ) -> pd.DataFrame:
     """Read the window ordered by (modifiedon, contactid) so paging neither repeats nor skips a row.
 
-    ``window`` None with ``contact_ids``: just those contacts. Our own writes are filtered by the server
+    ``window`` None with ``contact_ids``: just those contacts. ``row_ids`` (the live trigger's changed contacts): just
+    those, and none at all when the list is empty. Our own writes are filtered by the server
     (``_modifiedby_value ne <WhoAmI>``) and checked again here.
     """
+    if row_ids is not None:
+        contact_ids = list(row_ids)
     key = config.contact_key_attribute
     attributes = list(dict.fromkeys(m.attribute for m in config.reverse_mappings))
     columns = list(dict.fromkeys(["contactid", key, *attributes, "modifiedon", "_modifiedby_value"]))
     own = "" if include_own_writes else hook.user_id.lower()
     common = [f"_modifiedby_value ne {own}"] if own else []
     filters: list[str] = []
-    if contact_ids:
+    if contact_ids or row_ids is not None:
         for chunk in hook.in_filter_chunks(ENTITY_SET, "contactid", list(contact_ids), columns):
             filters.append(" and ".join([in_filter("contactid", chunk), *common]))
         described = f"{len(contact_ids)} targeted contact(s)"

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from airflow_provider_didomi_dynamics.core.coerce import as_utc, iso_millis, text_or_none, utc_or_none
-from airflow_provider_didomi_dynamics.core.config import IntegrationConfig
+from airflow_provider_didomi_dynamics.core.config import IntegrationConfig, Target
 from airflow_provider_didomi_dynamics.core.report import Outcome, RunReport
 from airflow_provider_didomi_dynamics.exceptions import EventFieldError, InputError
 from airflow_provider_didomi_dynamics.hooks.didomi import DidomiHook, EventResult
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 EVENT_ID_NAMESPACE = uuid.UUID("0f5d8a52-8f4e-4c1e-9a0c-6b1d2f7e3a90")
 DIDOMI_NEWER = "Didomi changed later"
+DELETED_IN_DYNAMICS = "deleted in Dynamics"
 
 
 def event_id(
@@ -103,11 +104,14 @@ def push_consents(
     options: ConsentPushOptions | None = None,
     *,
     retry_rows: Sequence[Mapping[str, Any]] = (),
+    deleted_ids: Sequence[str] = (),
 ) -> RunReport:
     """Send the reverse-mapped ``events`` (after the ``retry_rows`` earlier runs could not send) with ``hook``.
 
     ``config`` names the preference ids that contain ``_`` (None: none do). Every row ends in one outcome of the
-    report; ``report.retry_rows`` are the rows that failed, for the task's retry queue.
+    report; ``report.retry_rows`` are the rows that failed, for the task's retry queue. ``deleted_ids``: rows
+    deleted in Dynamics (contacts, or consent rows with target contact_point_consent); each is reported skipped,
+    never sent: a deleted contact withdrew no consent, and turning it into an opt-out would lose a person's choice.
     """
     started = time.monotonic()
     options = options or ConsentPushOptions()
@@ -116,6 +120,9 @@ def push_consents(
     report.note_retried([str(r.get("organization_user_id") or "") for r in retry_rows])
     rows = read_rows(events, report, retry_rows)
     failed = _push(hook, rows, report, known, options)
+    consent_rows = config is not None and config.target is Target.CONTACT_POINT_CONSENT
+    for row_id in deleted_ids:
+        report.add(f"{'consent row' if consent_rows else 'contact'} {row_id}", Outcome.SKIPPED, DELETED_IN_DYNAMICS)
     report.retry_rows = [row.record for row in failed]
     report.seconds = time.monotonic() - started
     log.info(report.summary())

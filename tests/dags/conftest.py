@@ -12,7 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from dag_e2e_support import FAST_RETRIES, FORWARD, REVERSE, Sync
+from dag_e2e_support import FAST_RETRIES, FORWARD, LIVE, REVERSE, Sync
 
 from airflow_provider_didomi_dynamics.emulators.runner import RunningEmulators
 from airflow_provider_didomi_dynamics.hooks import didomi as didomi_hooks
@@ -33,7 +33,7 @@ def forget_sync_runs() -> None:
     from sqlalchemy import select
 
     with create_session() as session:
-        for run in session.scalars(select(DagRun).where(DagRun.dag_id.in_([FORWARD, REVERSE]))):
+        for run in session.scalars(select(DagRun).where(DagRun.dag_id.in_([FORWARD, REVERSE, LIVE]))):
             session.delete(run)
     forget_retry_queues()
 

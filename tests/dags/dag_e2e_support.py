@@ -23,6 +23,7 @@ from airflow_provider_didomi_dynamics.local.testing import DagRunResult, load_da
 
 FORWARD = "didomi_to_dynamics"
 REVERSE = "dynamics_to_didomi"
+LIVE = "dynamics_to_didomi_live"
 CONFIG_VARIABLE_ENV = "AIRFLOW_VAR_DIDOMI_DYNAMICS_CONFIG"
 
 # Contact columns the demo config maps from Didomi (in mapping order), and the ones mapped back to Didomi.
@@ -106,6 +107,10 @@ class Sync:
     def reverse(self, logical_date: dt.datetime | None = None, **conf: Any) -> DagRunResult:
         """One run of dynamics_to_didomi with this run conf."""
         return run_dag(load_dag(REVERSE), run_conf=conf, logical_date=logical_date)
+
+    def live(self, **conf: Any) -> DagRunResult:
+        """One run of dynamics_to_didomi_live as a person triggers it (``row_ids``: the rows to sync)."""
+        return run_dag(load_dag(LIVE), run_conf=conf)
 
     # ---- data -----------------------------------------------------------------------------------------------------
 

@@ -44,7 +44,8 @@ def test_nothing_but_the_local_tools_imports_the_emulators() -> None:
             if short.startswith(NEED_EMULATORS) or short.endswith("__main__"):
                 continue
             importlib.import_module(name)
-        for dag_id in ("didomi_to_dynamics", "dynamics_to_didomi", "dynamics_webhook_setup"):
+        from airflow_provider_didomi_dynamics.dags import DAG_IDS
+        for dag_id in DAG_IDS:
             importlib.import_module(f"airflow_provider_didomi_dynamics.dags.{dag_id}").build_dag()
         loaded = sorted(m for m in sys.modules if m.startswith(package.__name__ + ".emulators"))
         print("IMPORTED", len(names), "EMULATORS", loaded)

@@ -162,8 +162,11 @@ def test_installed_without_the_extra_hooks_and_dags_import_and_the_emulators_say
     script = """
 import sys
 import airflow_provider_didomi_dynamics.hooks.dataverse
-from airflow_provider_didomi_dynamics.dags import didomi_to_dynamics, dynamics_to_didomi, dynamics_webhook_setup
-print([m.build_dag().dag_id for m in (didomi_to_dynamics, dynamics_to_didomi, dynamics_webhook_setup)])
+from airflow_provider_didomi_dynamics.dags import (
+    didomi_to_dynamics, dynamics_to_didomi, dynamics_to_didomi_live, dynamics_webhook_setup
+)
+modules = (didomi_to_dynamics, dynamics_to_didomi, dynamics_to_didomi_live, dynamics_webhook_setup)
+print([m.build_dag().dag_id for m in modules])
 assert not [m for m in sys.modules if ".emulators" in m], "hooks and DAGs must not import the emulators"
 try:
     import fastapi
@@ -171,7 +174,8 @@ except ImportError:
     print("fastapi is not installed")
 """
     done = run([python, "-c", script], empty, env)
-    assert "['didomi_to_dynamics', 'dynamics_to_didomi', 'dynamics_webhook_setup']" in done.stdout
+    expected = "['didomi_to_dynamics', 'dynamics_to_didomi', 'dynamics_to_didomi_live', 'dynamics_webhook_setup']"
+    assert expected in done.stdout
     assert "fastapi is not installed" in done.stdout
 
     emulate = subprocess.run(

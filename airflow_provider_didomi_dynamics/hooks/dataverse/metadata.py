@@ -98,6 +98,11 @@ class DataverseMetadata:
         )
         return list(body.get("Attributes", []))
 
+    def change_tracking_enabled(self, table: Table | str = CONTACT) -> bool:
+        """Whether the table keeps change tracking (delta links), which the live reverse sync polls."""
+        body = self.get_json(_entity_path(table), {"$select": "LogicalName,ChangeTrackingEnabled"})
+        return bool(body.get("ChangeTrackingEnabled"))
+
     def attribute_definitions(self, table: Table | str = CONTACT) -> list[dict[str, Any]]:
         """Every column with ``LogicalName``, ``AttributeType``, ``IsValidForCreate`` and ``IsValidForUpdate``."""
         body = self.get_json(

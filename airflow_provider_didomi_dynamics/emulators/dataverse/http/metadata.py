@@ -42,7 +42,7 @@ class MetadataRoutes:
         if key is None and rest == "":
             if req.method != "GET":
                 raise method_not_allowed(req.method)
-            items = [entity, *(d.entity_json() for d in model.table_definitions())]
+            items = [entity, *(model.table_entity_json(d.entity_set) for d in model.table_definitions())]
             if "$filter" in req.params:
                 predicate = build_filter(req.params["$filter"], generic_resolver(), aliases(req))
                 items = [e for e in items if predicate(e)]
@@ -91,7 +91,7 @@ class MetadataRoutes:
             raise method_not_allowed(req.method)
         if rest == "":
             data = {"@odata.context": f"{req.base}$metadata#EntityDefinitions/$entity"}
-            data.update(self._entity_view(req, table.entity_json(), list(table.attributes)))
+            data.update(self._entity_view(req, self.model.table_entity_json(table.entity_set), list(table.attributes)))
             return Response.json(200, data)
         sub, sub_key, sub_rest = split_segment(rest)
         if sub == "Keys":

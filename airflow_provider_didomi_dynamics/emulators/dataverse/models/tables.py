@@ -164,6 +164,11 @@ class Tables(Bulk):
     def table_definitions(self) -> list[TableDef]:
         return [t.definition for t in self.tables.values()]
 
+    def table_entity_json(self, name: str) -> dict[str, Any]:
+        """A table's ``EntityMetadata`` as it is now: change tracking can be switched after the org was built."""
+        table = self.table(name)
+        return {**table.definition.entity_json(), "ChangeTrackingEnabled": table.change_tracking}
+
     # -- writes -------------------------------------------------------------------------------------------------
 
     def _table_convert(self, table: Table, body: dict[str, Any], creating: bool) -> dict[str, Any]:

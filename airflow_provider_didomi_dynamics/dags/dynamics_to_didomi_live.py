@@ -113,7 +113,7 @@ def build_dag(poll_interval: float | None = None) -> DAG:
             )
             return changes
 
-        changes = changed_rows()
+        changes: Any = changed_rows()  # multiple_outputs: changes["ids"] is the XCom key "ids"
         preflight = SyncPreflightOperator(
             task_id="preflight", config=settings.config_source(), check_change_tracking=True
         )

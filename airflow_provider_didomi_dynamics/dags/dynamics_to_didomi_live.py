@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from airflow.sdk import DAG, Asset, AssetWatcher, Param, task
+from airflow.sdk.exceptions import AirflowSkipException
 
 from airflow_provider_didomi_dynamics.core.coerce import guid_list
 from airflow_provider_didomi_dynamics.dags import settings
@@ -41,7 +42,10 @@ the asset's state store, so a triggerer restart resumes where it was.
 Each run syncs exactly the changed rows with everything `dynamics_to_didomi` guarantees: our own writes never echo
 back, the newer side wins field by field, event ids are deterministic (a repeat stores nothing twice), failed events
 wait in the retry queue. A row **deleted** in Dynamics is reported *skipped*, "deleted in Dynamics", never sent as an
-opt-out. Changes arriving while a run works wait for the next run (`max_active_runs=1`): none is lost.
+opt-out. Changes arriving while a run works wait for the next run (`max_active_runs=1`): none is lost. The task
+`follow_up` covers what Airflow leaves behind: asset events that arrived while this run waited for the previous one
+are not this run's, and queue no run of their own; when there are such events it records one asset event itself, so
+the next run starts as soon as this one ends and takes them (skipped when there are none).
 
 The hourly `dynamics_to_didomi` stays the safety net (an expired token, a triggerer down for longer than Dataverse
 keeps tokens); both can run, nothing is sent twice. Params (a manual run): `row_ids` syncs those rows, `dry_run`.
@@ -72,12 +76,22 @@ def changes_of(events: Iterable[Any], manual_ids: Any = None) -> dict[str, list[
     return {"ids": [i for i in changed if i not in deleted], "deleted": list(deleted)}
 
 
+def later_events(inlet_events: Any, asset: Asset, run_after: Any) -> int:
+    """How many events of ``asset`` came after ``run_after`` (this run's last consumed event): Airflow consumes up
+    to that moment only, and events that arrived while the run was queued behind the previous one wake nothing."""
+    if run_after is None:
+        return 0
+    moment = run_after.isoformat() if hasattr(run_after, "isoformat") else str(run_after)
+    return len(list(inlet_events[asset].after(moment)))
+
+
 def build_dag(poll_interval: float | None = None) -> DAG:
     """The ``dynamics_to_didomi_live`` DAG; a DAG file calls this at module level."""
+    asset = watched_asset(poll_interval)
     with DAG(
         dag_id=DAG_ID,
         description="Dynamics 365 changes -> Didomi consent events within seconds (change tracking in the triggerer)",
-        schedule=[watched_asset(poll_interval)],
+        schedule=[asset],
         start_date=settings.START_DATE,
         catchup=False,
         max_active_runs=1,
@@ -135,5 +149,17 @@ def build_dag(poll_interval: float | None = None) -> DAG:
             pool=settings.DIDOMI_POOL,
             outlets=[Asset("didomi://consents/events")],
         )
+
+        @task(task_id="follow_up", inlets=[asset], outlets=[asset])
+        def follow_up(inlet_events: Any = None, outlet_events: Any = None, dag_run: Any = None) -> int:
+            """Record one asset event when changes arrived that no run will take otherwise; skipped when none."""
+            waiting = later_events(inlet_events, asset, getattr(dag_run, "run_after", None))
+            if not waiting:
+                raise AirflowSkipException("no change arrived while this run was queued: nothing to follow up")
+            log.info("%d change event(s) arrived while this run was queued: the next run takes them now", waiting)
+            outlet_events[asset].extra = {"follow_up": getattr(dag_run, "run_id", None)}
+            return waiting
+
         changes >> preflight >> pull_changed >> reverse_mapping >> push_consents
+        changes >> follow_up()  # beside the sync: what it finds is known when the run starts
     return dag

@@ -94,6 +94,25 @@ class AdminRoutes:
     def expire_tokens(self, call: AdminCall) -> AdminReply:
         return AdminReply(200, {"expired": self.model.expire_tokens()})
 
+    def get_change_tracking(self, call: AdminCall) -> AdminReply:
+        model = self.model
+        tables = {name: model.table(name).change_tracking for name in model.tables}
+        return AdminReply(
+            200, {"contacts": model.change_tracking_enabled, **tables, "delta_token_ttl_s": model.delta_token_ttl_s}
+        )
+
+    def set_change_tracking(self, call: AdminCall) -> AdminReply:
+        """``{"delta_token_ttl_s": 2}`` makes delta tokens expire (Dataverse keeps them 7 days); ``{"contacts":
+        false}`` or ``{"<entity set>": false}`` switches a table's change tracking."""
+        payload = dict(call.payload)
+        if "delta_token_ttl_s" in payload:
+            self.model.delta_token_ttl_s = float(payload.pop("delta_token_ttl_s"))
+        if "contacts" in payload:
+            self.model.change_tracking_enabled = bool(payload.pop("contacts"))
+        for name, enabled in payload.items():
+            self.model.set_table_change_tracking(name, bool(enabled))
+        return self.get_change_tracking(call)
+
     def set_latency(self, call: AdminCall) -> AdminReply:
         self.model.set_latency_ms(float(call.payload["latency_ms"]))
         return AdminReply(204)
@@ -241,6 +260,8 @@ def admin_table(h: AdminRoutes) -> list[AdminRoute]:
         AdminRoute("/service-protection", ("GET",), h.get_service_protection),
         AdminRoute("/service-protection", ("PUT", "POST"), h.set_service_protection),
         AdminRoute("/latency", ("PUT", "POST"), h.set_latency),
+        AdminRoute("/change-tracking", ("GET",), h.get_change_tracking),
+        AdminRoute("/change-tracking", ("PUT", "POST"), h.set_change_tracking),
         AdminRoute("/reset", ("POST",), h.reset),
         AdminRoute("/seed", ("POST",), h.seed),
         AdminRoute("/contacts", ("GET",), h.list_contacts),

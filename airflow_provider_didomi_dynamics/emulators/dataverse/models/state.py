@@ -40,7 +40,7 @@ class OrgState:
     token_lifetime_s: int
     latency_s: float
     key_activation_delay_s: float
-    delta_token_ttl_s: int
+    delta_token_ttl_s: float
     change_tracking_enabled: bool
     instance_url: str | None
     faults: FaultPlan

@@ -1,0 +1,256 @@
+"""[event-driven] under a real scheduler and triggerer (``airflow standalone``): dynamics_to_didomi_live, scheduled on
+the Asset DataverseChangesTrigger watches, takes a person's edits to Didomi within seconds, exactly once each.
+
+Checked in order on one deployment: our own write fires nothing and a person's edit arrives; a deleted contact is
+reported skipped, never sent; a burst of 200 edits in 10 s arrives once each; a triggerer restart loses and repeats
+nothing; an expired delta token falls back to a window read and recovers; the hourly DAG then finds nothing to send.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import psutil
+import requests
+from airflow_rest import LocalAirflow
+
+LIVE = "dynamics_to_didomi_live"
+REVERSE = "dynamics_to_didomi"
+POLL_S = 2  # DIDOMI_DYNAMICS_LIVE_POLL_SECONDS of the deployment
+ARRIVAL_TIMEOUT_S = 180
+BURST = 200
+
+
+class LiveDeployment:
+    """The deployment's emulators as the test reaches them: over HTTPS, the admin API and the Web API."""
+
+    def __init__(self, local: LocalAirflow) -> None:
+        from airflow_provider_didomi_dynamics.local.demo import editor_hook
+
+        self.local = local
+        self.endpoints: dict[str, Any] = json.loads((local.workdir / "emulators" / "endpoints.json").read_text())
+        self.person = editor_hook(self.endpoints)
+        self.edited: Counter[str] = Counter()  # organization_user_id (the contact's e-mail) -> edits made
+        self.latencies: list[float] = []
+
+    def admin(self, method: str, url_key: str, path: str, body: Any = None) -> Any:
+        answer = requests.request(
+            method,
+            f"{self.endpoints[url_key]}/_emulator{path}",
+            json=body,
+            verify=self.endpoints["ca_file"],
+            timeout=30,
+        )
+        answer.raise_for_status()
+        return answer.json() if answer.content else None
+
+    def contacts(self) -> list[dict[str, Any]]:
+        rows = self.admin("GET", "dataverse_url", "/contacts")["value"]
+        return sorted((r for r in rows if r.get("emailaddress1")), key=lambda r: r["emailaddress1"])
+
+    def events(self) -> list[dict[str, Any]]:
+        return list(self.admin("GET", "didomi_url", "/dump")["events"])
+
+    def contact_gets(self) -> int:
+        """GET requests on contacts the Dataverse emulator answered: the trigger's polls while no run works."""
+        rows = self.admin("GET", "dataverse_url", "/requests")["value"]
+        return sum(int(r["count"]) for r in rows if r["method"] == "GET" and r["route"] == "contacts")
+
+    def wait_for_polls(self, count: int = 2, timeout: float = 120) -> None:
+        """Until the trigger has asked for changes ``count`` more times (its baseline token is then stored)."""
+        start = self.contact_gets()
+        until(lambda: self.contact_gets() >= start + count, timeout, "the trigger never polled Dataverse")
+
+    def edit(self, rows: Iterable[dict[str, Any]], pause_s: float = 0.0) -> float:
+        """A person flips donotbulkemail on each row (one Web API write each); the time of the last edit."""
+        at = time.monotonic()
+        for row in rows:
+            new_value = not bool(row["donotbulkemail"])
+            self.person.update_multiple("contact", [{"contactid": row["contactid"], "donotbulkemail": new_value}])
+            row["donotbulkemail"] = new_value
+            self.edited[str(row["emailaddress1"])] += 1
+            at = time.monotonic()
+            if pause_s:
+                time.sleep(pause_s)
+        return at
+
+    def wait_for_events(self, events_before: int, keys: Iterable[str], edited_at: float) -> None:
+        """Until each of ``keys`` has one more Didomi event than before; records each arrival's latency."""
+        wanted = set(keys)
+        arrived: dict[str, float] = {}
+
+        def done() -> bool:
+            for event in self.events()[events_before:]:
+                key = str(event["user"]["organization_user_id"])
+                if key in wanted and key not in arrived:
+                    arrived[key] = time.monotonic() - edited_at
+            return len(arrived) == len(wanted)
+
+        until(done, ARRIVAL_TIMEOUT_S, lambda: f"events arrived for {len(arrived)} of {len(wanted)} edited users")
+        self.latencies.extend(arrived.values())
+
+    def live_runs(self) -> list[dict[str, Any]]:
+        return list(self.local.api("GET", f"/dags/{LIVE}/dagRuns", params={"limit": 100})["dag_runs"])
+
+    def settle(self) -> list[dict[str, Any]]:
+        """Wait for every live run to end (and for the trigger to poll twice after that); every run succeeded."""
+
+        def ended() -> bool:
+            return all(run["state"] in ("success", "failed") for run in self.live_runs())
+
+        until(ended, ARRIVAL_TIMEOUT_S, "a live run never ended")
+        time.sleep(3 * POLL_S)  # a change the last run left behind would fire now
+        until(ended, ARRIVAL_TIMEOUT_S, "a live run never ended")
+        runs = self.live_runs()
+        failed = [run["dag_run_id"] for run in runs if run["state"] != "success"]
+        assert not failed, f"live runs failed: {failed}: {[self.local.task_instances(LIVE, r) for r in failed]}"
+        return runs
+
+    def assert_each_edit_sent_once(self, events_before: int) -> None:
+        sent = Counter(str(e["user"]["organization_user_id"]) for e in self.events()[events_before:])
+        assert sent == self.edited, {k: (sent[k], self.edited[k]) for k in set(sent) | set(self.edited)}
+
+
+def until(condition: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(what() if callable(what) else what)
+        time.sleep(0.5)
+
+
+def triggerer_of(local: LocalAirflow) -> psutil.Process:
+    """The ``airflow triggerer`` process airflow standalone started."""
+    for child in psutil.Process(local.process.pid).children(recursive=True):
+        try:
+            if "triggerer" in child.cmdline() and child.name().startswith(("python", "airflow")):
+                return child
+        except psutil.Error:
+            continue
+    raise AssertionError("airflow standalone runs no triggerer")
+
+
+def restart_triggerer(local: LocalAirflow, while_down: Callable[[], None]) -> subprocess.Popen[bytes]:
+    """Stop the triggerer as a deployment does (SIGTERM), run ``while_down``, start a new one in the deployment's
+    process group (stopped with it)."""
+    old = triggerer_of(local)
+    env, cwd = old.environ(), old.cwd()
+    old.send_signal(signal.SIGTERM)
+    old.wait(60)
+    while_down()
+    log = open(local.workdir / "triggerer-restarted.log", "ab")  # noqa: SIM115 - lives as long as the process
+    return subprocess.Popen(
+        [sys.executable, "-m", "airflow", "triggerer"],
+        env=env,
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        process_group=os.getpgid(local.process.pid),
+    )
+
+
+def check_live_dag(local: LocalAirflow, report: dict[str, Any]) -> None:
+    """Everything [event-driven] item 7 asks of a real scheduler with the triggerer, on ``local``."""
+    live = LiveDeployment(local)
+    local.wait_for_dag(LIVE)
+    local.api("PATCH", f"/dags/{LIVE}", json={"is_paused": False})
+    live.settle()  # runs for what the trigger saw while paused (the hourly run already sent it): nothing to send
+    live.wait_for_polls()
+    events_before = len(live.events())
+    contacts = [c for c in live.contacts() if c.get("donotbulkemail") is not None]
+    ours, first, deleted, burst, down, expired, recovered = (
+        contacts[0],
+        contacts[1],
+        contacts[2],
+        contacts[3 : 3 + BURST],
+        contacts[3 + BURST : 8 + BURST],
+        contacts[8 + BURST : 10 + BURST],
+        contacts[10 + BURST],
+    )
+    runs_before = len(live.live_runs())
+
+    # --- our own write fires nothing; a person's edit reaches Didomi
+    from airflow_provider_didomi_dynamics.core.config import Authentication, Secret
+    from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
+
+    endpoints = live.endpoints
+    sync_user = DataverseHook.from_config(
+        Authentication(
+            endpoints["client_id"],
+            Secret(endpoints["client_secret"]),
+            endpoints["tenant_id"],
+            endpoints["dataverse_url"],
+        ),
+        authority_host=endpoints["authority_host"],
+        ca_bundle=endpoints["ca_file"],
+    )
+    sync_user.update_multiple(
+        "contact", [{"contactid": ours["contactid"], "donotbulkemail": not ours["donotbulkemail"]}]
+    )
+    live.wait_for_polls(3)
+    assert len(live.live_runs()) == runs_before, "our own write started a live run"
+    edited_at = live.edit([first])
+    live.wait_for_events(events_before, [first["emailaddress1"]], edited_at)
+    report["first_edit_s"] = round(live.latencies[-1], 1)
+
+    # --- a deleted contact is reported skipped, never sent
+    live.settle()
+    live.person.request("DELETE", f"contacts({deleted['contactid']})")  # a person deletes the contact
+    until(lambda: len(live.live_runs()) > runs_before + 1, ARRIVAL_TIMEOUT_S, "the delete started no live run")
+    runs = live.settle()
+    newest = max(runs, key=lambda r: r["run_after"])["dag_run_id"]
+    pushed = local.xcom(LIVE, newest, "push_consents")
+    assert pushed["counts"]["skipped"] == 1 and pushed["counts"]["sent"] == 0, pushed["summary"]
+    assert pushed["skipped"] == [
+        {"key": f"contact {deleted['contactid']}", "outcome": "skipped", "reason": "deleted in Dynamics"}
+    ]
+
+    # --- a burst of 200 edits in 10 s: every one arrives, once
+    burst_started = time.monotonic()
+    edited_at = live.edit(burst, pause_s=10 / BURST)
+    live.wait_for_events(events_before, [c["emailaddress1"] for c in burst], burst_started)
+    runs = live.settle()
+    report["burst_runs"] = len(runs) - runs_before - 2
+    report["burst_last_arrival_s"] = round(max(live.latencies[-BURST:]) - (edited_at - burst_started), 1)
+    live.assert_each_edit_sent_once(events_before)
+
+    # --- the triggerer restarts while a person edits: nothing lost, nothing twice
+    restart_triggerer(local, lambda: live.edit(down))
+    edited_at = time.monotonic()
+    live.wait_for_events(events_before, [c["emailaddress1"] for c in down], edited_at)
+    live.settle()
+    live.assert_each_edit_sent_once(events_before)
+
+    # --- an expired delta token: a window read bridges the gap, then delta polls again
+    live.admin("POST", "dataverse_url", "/change-tracking", {"delta_token_ttl_s": 0.5})
+    time.sleep(2 * POLL_S)
+    edited_at = live.edit(expired)
+    live.wait_for_events(events_before, [c["emailaddress1"] for c in expired], edited_at)
+    live.admin("POST", "dataverse_url", "/change-tracking", {"delta_token_ttl_s": 7 * 24 * 3600})
+    live.settle()
+    edited_at = live.edit([recovered])
+    live.wait_for_events(events_before, [recovered["emailaddress1"]], edited_at)
+    live.settle()
+    live.assert_each_edit_sent_once(events_before)
+
+    # --- the hourly DAG, the safety net, sees the same edits and sends nothing again
+    hourly = local.trigger_now(REVERSE)
+    assert local.wait_for_run(REVERSE, hourly) == "success", local.task_instances(REVERSE, hourly)
+    assert local.xcom(REVERSE, hourly, "push_consents")["counts"].get("sent", 0) == 0
+    live.assert_each_edit_sent_once(events_before)
+    ordered = sorted(live.latencies)
+    report["edits"] = sum(live.edited.values())
+    report["p50_s"] = round(ordered[len(ordered) // 2], 1)
+    report["max_s"] = round(ordered[-1], 1)
+    print(f"live: {report}")
+
+
+__all__ = ["POLL_S", "check_live_dag"]

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,7 +144,8 @@ def _walk(value: Any, path: str, ids: list[str], ignored: list[Ignored]) -> None
         _walk(record, f"{path}.value()", ids, ignored)
     elif hasattr(value, "body"):  # an azure-servicebus ServiceBusReceivedMessage: bytes, or an iterator of sections
         body = value.body
-        _walk(body if isinstance(body, _TEXT) else list(body), f"{path}.body", ids, ignored)
+        sections = isinstance(body, Iterable) and not isinstance(body, (*_TEXT, Mapping))
+        _walk(list(body) if sections else body, f"{path}.body", ids, ignored)
     elif isinstance(getattr(value, "extra", None), Mapping):  # an Airflow asset event
         _walk(value.extra, f"{path}.extra", ids, ignored)
     else:

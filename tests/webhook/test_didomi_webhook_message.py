@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -300,6 +301,9 @@ def test_kafka_apply_function_passes_an_unreadable_record_on_for_the_dag_to_fail
             id="malformed sns message",
         ),
         pytest.param(b"\xff\xfe", "message: not UTF-8 text;", id="not utf-8"),
+        pytest.param(
+            types.SimpleNamespace(body=7), "message.body: expected a Didomi webhook body", id="service bus body of 7"
+        ),
         pytest.param("  ", "message: empty;", id="empty"),
         pytest.param(None, "message: expected a Didomi webhook body (JSON object, text or bytes)", id="None"),
         pytest.param(

@@ -66,6 +66,13 @@ class WebhookPayloadError(ParamError):
     """A webhook payload (``remote_execution_context``) that is not a contact RemoteExecutionContext."""
 
 
+class DidomiWebhookMessageError(WebhookPayloadError):
+    """A queue message that is not a Didomi webhook body (or one of its envelopes) naming a user to re-sync.
+
+    Not retryable: the same message fails the same way. The scheduled window run still syncs that user.
+    """
+
+
 class InputError(ParamError, TypeError):
     """A task input (usually an upstream task's output) that is not the frame or rows the engine takes."""
 
@@ -248,6 +255,7 @@ __all__ = [
     "ConsentRecordError",
     "DataverseAuthError",
     "DidomiDynamicsError",
+    "DidomiWebhookMessageError",
     "EventFieldError",
     "FailureThresholdError",
     "GrammarError",

@@ -20,7 +20,7 @@ def test_demo_runs_both_dags_end_to_end(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = done.stdout[done.stdout.index("Runs:") :].splitlines()
-    rows = {line.split("  ")[1].strip(): line.split() for line in table[3:13]}
+    rows = {line.split("  ")[1].strip(): line.split() for line in table[3:14]}
     # 600 users, every 100th without organization_user_id: 594 rows, 60% already contacts.
     first = next(v for k, v in rows.items() if k.startswith("1."))
     second = next(v for k, v in rows.items() if k.startswith("2."))
@@ -38,4 +38,7 @@ def test_demo_runs_both_dags_end_to_end(tmp_path: Path) -> None:
     assert int(seventh[-9]) > 0 and seventh[-4] == "0"
     assert "run 7 created 12 contact(s) first" in done.stdout
     assert eighth[-10] == "20" and eighth[-7] == "20", "the 20 preference-centre changes were not all sent"
+    live = next(v for k, v in rows.items() if k.startswith("L."))
+    assert live[-10] == "3" and live[-7] == "3", "the live run did not send exactly the 3 edits the trigger saw"
+    assert "Run L: DataverseChangesTrigger fired" in done.stdout
     assert "demo finished" in done.stdout

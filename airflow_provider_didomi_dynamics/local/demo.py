@@ -5,6 +5,8 @@
 3. edit some contacts in Dynamics as a person would (a second application user, through the Web API);
 4. run ``dynamics_to_didomi``: those edits become Didomi consent events, and nothing echoes back;
 5. run both again: the second cycle writes nothing;
+   live: a person edits 3 contacts, DataverseChangesTrigger (what the triggerer runs; here on an event loop) fires
+   with their ids within a poll, and ``dynamics_to_didomi_live`` sends exactly those;
 6. the same with target ``contact_point_consent`` (Customer Insights - Journeys' consent table), after some new
    sign-ups in Didomi: forward with ``upsert_mode`` false (new users skipped) then true (their contacts created first),
    a preference-centre change in Dynamics reaching Didomi, and a second cycle writing nothing.
@@ -23,6 +25,8 @@ from airflow_provider_didomi_dynamics.local import DEMO_CONFIG, DEMO_CPC_CONFIG
 from airflow_provider_didomi_dynamics.local.testing import prepare_airflow_home, set_config_variable, set_connections
 
 EDITED_CONTACTS = 40
+LIVE_EDITS = 3
+LIVE_POLL_S = 0.5
 EDITED_CONSENTS = 20
 PREFERENCE_CENTRE = 534120004  # msdynmkt_source "Preference Center"
 OPTED_IN, OPTED_OUT = 534120001, 534120002
@@ -126,6 +130,44 @@ def new_signups(count: int) -> list[dict[str, Any]]:
     ]
 
 
+class _StateStore:
+    """The asset state store's two async calls, in memory: outside a triggerer there is none to inject."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    async def aget(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    async def aset(self, key: str, value: Any) -> None:
+        self.values[key] = value
+
+
+def watch_a_persons_edits(endpoints: dict[str, Any], count: int) -> tuple[dict[str, Any], float]:
+    """Run DataverseChangesTrigger as the triggerer would until it fires once for ``count`` edits a person makes
+    after its first poll; its event payload, and the seconds from the last edit to the event."""
+    import asyncio
+
+    from airflow_provider_didomi_dynamics.triggers.dataverse_changes import DataverseChangesTrigger
+
+    async def watch() -> tuple[dict[str, Any], float]:
+        trigger = DataverseChangesTrigger(poll_interval=LIVE_POLL_S)
+        trigger.asset_state_store = _StateStore()  # type: ignore[assignment]  # the same two calls
+        events: Any = trigger.run()  # an async generator: aclose() ends it
+        first = asyncio.ensure_future(events.__anext__())
+        while trigger.requests < 2 and not first.done():  # the baseline token, then one idle poll
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(edit_contacts_as_a_person, endpoints, count)
+        edited_at = time.monotonic()
+        try:
+            event = await asyncio.wait_for(first, timeout=60)
+        finally:
+            await events.aclose()
+        return event.payload, time.monotonic() - edited_at
+
+    return asyncio.run(watch())
+
+
 def main(workdir: Path = Path(".demo"), users: int = 5000, quiet_airflow: bool = True) -> int:
     started = time.monotonic()
     if quiet_airflow:  # the tables are the demo's output; Airflow's own info lines would bury them
@@ -181,6 +223,9 @@ def main(workdir: Path = Path(".demo"), users: int = 5000, quiet_airflow: bool =
         run("3. Dynamics -> Didomi", reverse, "push_consents", {"full_sync": True})
         run("4. Didomi -> Dynamics again", forward, "push_contacts", {"full_sync": True})
         run("5. Dynamics -> Didomi again", reverse, "push_consents", {"full_sync": True})
+        payload, live_latency = watch_a_persons_edits(running.endpoints, LIVE_EDITS)
+        live = load_dag("dynamics_to_didomi_live")
+        run("L. live: 3 edits -> trigger -> Didomi", live, "push_consents", {"row_ids": payload["ids"]})
 
         cpc = json.loads(DEMO_CPC_CONFIG.read_text())
         cpc["authentication"] = config["authentication"]
@@ -211,6 +256,11 @@ def main(workdir: Path = Path(".demo"), users: int = 5000, quiet_airflow: bool =
         )
         sent = details["3. Dynamics -> Didomi"].get("sample_changes", [])[:5]
         print_table("Run 3: a sample of the consent events sent to Didomi", sent, ["key", "outcome", "changes"])
+        print(
+            f"\nRun L: DataverseChangesTrigger fired {live_latency:.1f} s after {LIVE_EDITS} edits (poll "
+            f"{LIVE_POLL_S:g} s; 15 s by default) with {len(payload['ids'])} changed contact id(s), read from the "
+            "contacts' delta link; dynamics_to_didomi_live sent exactly those (make airflow runs it in the triggerer)"
+        )
         print(
             "\nRuns 6-10: target contact_point_consent, one row per (contact point, purpose or topic) in "
             "msdynmkt_contactpointconsent4; a row counts one (user, purpose or topic) pair"

@@ -144,7 +144,11 @@ def restart_triggerer(local: LocalAirflow, while_down: Callable[[], None]) -> su
     old = triggerer_of(local)
     env, cwd = old.environ(), old.cwd()
     old.send_signal(signal.SIGTERM)
-    old.wait(60)
+    try:
+        old.wait(30)  # it leaves its trigger loop within seconds; its log server can keep the process up longer
+    except psutil.TimeoutExpired:
+        for process in [*old.children(recursive=True), old]:
+            process.kill()
     while_down()
     log = open(local.workdir / "triggerer-restarted.log", "ab")  # noqa: SIM115 - lives as long as the process
     return subprocess.Popen(

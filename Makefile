@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/didomi-dynamics demo
 
 test: $(STAMP) services
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -q
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run both DAGs end to end against the emulators and print the outcome")
     demo.add_argument("--workdir", default=".demo", help="where the demo keeps its Airflow home and emulator files")
+    demo.add_argument("--users", type=int, default=5000, help="Didomi users to seed (default 5000)")
     demo.set_defaults(func=cmd_demo)
 
     from airflow_provider_didomi_dynamics.preflight.command import add_preflight_arguments

@@ -41,7 +41,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from airflow_provider_didomi_dynamics.local.demo import main as demo_main
 
-    return demo_main(Path(args.workdir))
+    return demo_main(Path(args.workdir), users=args.users)
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:

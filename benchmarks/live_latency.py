@@ -4,10 +4,11 @@ Starts ``didomi-dynamics airflow`` (airflow standalone: scheduler, API server, t
 each task its own process) wired to both emulators, unpauses the live DAG and lets DataverseChangesTrigger poll the
 contacts' delta link (every ``--poll-seconds``, the product's default 15 s). Then:
 
-1. idle: counts the Dataverse requests the trigger makes per minute while nothing changes;
-2. baseline, in the same deployment: a person edits a contact and triggers the hourly ``dynamics_to_didomi`` for it at
-   once through the REST API (``contact_ids``), the fastest the seed's design gets without a webhook relay;
-3. live: ``--edits`` edits (default 50) spread over a minute, each on its own contact, as a person makes them; the
+1. a full forward sync, so Dynamics agrees with Didomi and each edit is exactly one change to send;
+2. baseline, in the same deployment: a person edits a contact and triggers the hourly ``dynamics_to_didomi`` for it
+   at once through the REST API (``contact_ids``), the fastest the seed's design gets without a webhook relay;
+3. idle: counts the Dataverse requests the trigger makes per minute while nothing changes;
+4. live: ``--edits`` edits (default 50) spread over a minute, each on its own contact, as a person makes them; the
    latency of each is the time from the edit's answer to its event showing in Didomi (polled every 0.25 s).
 
 Prints p50 / p95 / max latency, idle requests per minute, events lost or duplicated, the baseline and the ratio; ends
@@ -38,6 +39,7 @@ from airflow_provider_didomi_dynamics.local.demo import editor_hook
 
 LIVE = "dynamics_to_didomi_live"
 HOURLY = "dynamics_to_didomi"
+FORWARD = "didomi_to_dynamics"
 USERS = 300  # 60 % hold a contact: enough distinct contacts for 50 edits and the baseline
 BASELINE_EDITS = 3
 ARRIVAL_TIMEOUT_S = 300.0
@@ -132,6 +134,9 @@ class Deployment:
     def events(self) -> list[dict[str, Any]]:
         return list(self.admin("didomi_url", "/dump")["events"])
 
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return str(self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"])
+
     def runs(self, dag_id: str) -> list[dict[str, Any]]:
         return list(self.api("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 200})["dag_runs"])
 
@@ -188,6 +193,16 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             contacts[:BASELINE_EDITS],
             contacts[BASELINE_EDITS : BASELINE_EDITS + args.edits],
         )
+
+        # --- a full forward sync first: Dynamics then agrees with Didomi, so each edit is one change to send
+        deployment.wait_for_dag(FORWARD)
+        deployment.api("PATCH", f"/dags/{FORWARD}", json={"is_paused": False})
+        body = {"logical_date": None, "conf": {"full_sync": True}}
+        forward = deployment.api("POST", f"/dags/{FORWARD}/dagRuns", json=body)["dag_run_id"]
+        until(lambda: deployment.run_state(FORWARD, forward) in ("success", "failed"), 300, "the forward sync")
+        if deployment.run_state(FORWARD, forward) != "success":
+            raise SystemExit("the forward full sync failed: see the deployment's log")
+        deployment.api("PATCH", f"/dags/{FORWARD}", json={"is_paused": True})
 
         # --- baseline: edit, then trigger the hourly DAG for that contact at once (the live DAG still paused)
         deployment.wait_for_dag(HOURLY)

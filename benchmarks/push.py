@@ -5,9 +5,10 @@ The emulator runs in a subprocess (its own interpreter, so it is not competing w
 (6,000 requests and 1,200,000 ms of execution time per 300 s window, 52 concurrent) divided by SCALE = 300 on the
 time axis: 20 requests and 4,000 ms per 1 s window, 52 concurrent. The rates (20 requests/s, 4 s of server time
 per second) and their ratio are Dataverse's; only the window is shorter, so a run reaches steady state within
-a second instead of after five minutes of burst credit. Execution time is charged 20 ms per request plus
-RECORD_COST_MS per record written (0.05 ms per record read) and slept by the server, which puts the modelled
-capacity for 1,000-record requests near 10,000 records/s.
+a second instead of after five minutes of burst credit. Retry-After is scaled the same way (Dataverse's whole
+seconds become 1/300 s), so a 429 costs the share of a window it costs in Dataverse. Execution time is charged 20 ms
+per request plus RECORD_COST_MS per record written (0.05 ms per record read) and slept by the server, which puts the
+modelled capacity for 1,000-record requests near 10,000 records/s.
 
 In the same run, a naive baseline (HttpHook, one PATCH per row by alternate key, sequential, honouring
 Retry-After) pushes a sample against the same emulator. The last line is one JSON object with the figures.
@@ -68,6 +69,7 @@ PROTECTION = ServiceProtection(
     sleep_execution=True,
     time_scale=1.0,
     dop_hint=3,
+    retry_after_unit_s=1.0 / SCALE,  # Retry-After scaled like the window: 1 s of Dataverse's 300 s = 1/300 s here
 )
 
 

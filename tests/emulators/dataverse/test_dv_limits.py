@@ -38,6 +38,18 @@ def test_request_count_limit(api: Api, dv: DataverseEmulator) -> None:
     assert "x-ms-dop-hint" in throttled.headers
 
 
+def test_a_time_scaled_model_gives_retry_after_in_scaled_units(api: Api, dv: DataverseEmulator) -> None:
+    """Dataverse's limits / 300 on the time axis: Retry-After in 1/300 s, so a 429 costs the share of a window it
+    costs in Dataverse (at least 1/300), not a whole window."""
+    dv.model.set_service_protection(ServiceProtection(window_s=1.0, max_requests=5, retry_after_unit_s=1 / 300))
+    assert {api.get("WhoAmI").status_code for _ in range(5)} == {200}
+    throttled = api.get("WhoAmI")
+    assert throttled.status_code == 429
+    retry_after = float(throttled.headers["Retry-After"])
+    assert 1 / 300 <= retry_after <= 1.0, retry_after
+    assert throttled.headers["Retry-After"] != "1"
+
+
 def test_execution_time_limit(api: Api, dv: DataverseEmulator) -> None:
     """Simulated execution time (per request + per record) over the budget: 429 with 0x80072321."""
     dv.model.set_service_protection(

@@ -37,6 +37,10 @@ class ServiceProtection:
     ``read_record_cost_ms`` per record returned by a query. With ``sleep_execution`` the request takes the charged time
     in all (the emulator's own work counts toward it, as Dataverse's does), so the concurrency limit and
     ``x-ms-dop-hint`` matter for throughput.
+
+    ``retry_after_unit_s``: Dataverse's ``Retry-After`` counts whole seconds against a 300 s window (at least 1/300 of
+    it). A model whose window is shortened N times gives ``Retry-After`` in units of 1/N s, so a 429 costs the same
+    share of a window as in Dataverse; a whole second in a 1 s window would stop every writer for a window (300 s).
     """
 
     window_s: float = 5.0
@@ -49,6 +53,7 @@ class ServiceProtection:
     sleep_execution: bool = False
     time_scale: float = 1.0  # multiply slept execution time (e.g. 0.1 to keep tests fast)
     dop_hint: int = 4
+    retry_after_unit_s: float = 1.0
 
     @classmethod
     def production(cls) -> ServiceProtection:
@@ -140,10 +145,11 @@ class Throttle:
                 code, message, wait = error
                 w.throttled.append(now)
                 self.throttled_count += 1
-                # Sustained pressure lengthens Retry-After (one extra second per 5 throttled calls in the window).
-                wait += len(w.throttled) // 5
-                retry_after = max(1, min(math.ceil(wait), math.ceil(s.window_s) * 2))
-                raise DataverseError(429, code, message, headers={"Retry-After": str(retry_after)})
+                # Sustained pressure lengthens Retry-After (one extra unit per 5 throttled calls in the window).
+                unit = s.retry_after_unit_s
+                units = math.ceil(wait / unit) + len(w.throttled) // 5
+                units = max(1, min(units, math.ceil(s.window_s / unit) * 2))
+                raise DataverseError(429, code, message, headers={"Retry-After": f"{units * unit:g}"})
             for _ in range(1 + extra_requests):
                 w.requests.append(now)
             w.in_flight += 1

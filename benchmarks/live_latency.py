@@ -182,6 +182,17 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         started = time.monotonic()
         deployment.start()
         print(f"airflow standalone ready in {time.monotonic() - started:.0f} s (port {deployment.port})", flush=True)
+        # --- a full forward sync first: Dynamics then agrees with Didomi, so each edit is one change to send
+        deployment.wait_for_dag(FORWARD)
+        deployment.api("PATCH", f"/dags/{FORWARD}", json={"is_paused": False})
+        body = {"logical_date": None, "conf": {"full_sync": True}}
+        forward = deployment.api("POST", f"/dags/{FORWARD}/dagRuns", json=body)["dag_run_id"]
+        until(lambda: deployment.run_state(FORWARD, forward) in ("success", "failed"), 300, "the forward sync")
+        if deployment.run_state(FORWARD, forward) != "success":
+            raise SystemExit("the forward full sync failed: see the deployment's log")
+        deployment.api("PATCH", f"/dags/{FORWARD}", json={"is_paused": True})
+
+        # read after the forward sync: a flip of a stale value could be no change at all
         person = editor_hook(deployment.endpoints)
         contacts = sorted(
             (c for c in deployment.admin("dataverse_url", "/contacts")["value"] if c.get("donotbulkemail") is not None),
@@ -193,16 +204,6 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             contacts[:BASELINE_EDITS],
             contacts[BASELINE_EDITS : BASELINE_EDITS + args.edits],
         )
-
-        # --- a full forward sync first: Dynamics then agrees with Didomi, so each edit is one change to send
-        deployment.wait_for_dag(FORWARD)
-        deployment.api("PATCH", f"/dags/{FORWARD}", json={"is_paused": False})
-        body = {"logical_date": None, "conf": {"full_sync": True}}
-        forward = deployment.api("POST", f"/dags/{FORWARD}/dagRuns", json=body)["dag_run_id"]
-        until(lambda: deployment.run_state(FORWARD, forward) in ("success", "failed"), 300, "the forward sync")
-        if deployment.run_state(FORWARD, forward) != "success":
-            raise SystemExit("the forward full sync failed: see the deployment's log")
-        deployment.api("PATCH", f"/dags/{FORWARD}", json={"is_paused": True})
 
         # --- baseline: edit, then trigger the hourly DAG for that contact at once (the live DAG still paused)
         deployment.wait_for_dag(HOURLY)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from dag_e2e_support import Sync, counts, push_report, rows_of
+from test_contact_point_consent_e2e import OPTED_IN, OPTED_OUT
+from test_contact_point_consent_reverse_e2e import preference_centre, purpose_rows, synced
 
 from airflow_provider_didomi_dynamics.dags.dynamics_to_didomi_live import changes_of
 
@@ -115,3 +117,23 @@ def test_deleted_rows_are_reported_skipped_never_sent(sync: Sync) -> None:
         {"key": f"contact {gone}", "outcome": "skipped", "reason": DELETED_IN_DYNAMICS}
     ]
     assert len(sync.didomi.events()) == events_before
+
+
+def test_target_contact_point_consent_sends_the_changed_consent_rows(sync: Sync) -> None:
+    """With target contact_point_consent the trigger reports consent row ids: those rows, and only those, are sent."""
+    synced(sync, users=60)
+    rows = purpose_rows(sync, "newsletter")[:3]
+    for row in rows:
+        preference_centre(sync, row, OPTED_OUT if row["msdynmkt_value"] == OPTED_IN else OPTED_IN)
+    untouched = purpose_rows(sync, "newsletter")[3]  # written by our forward push: never sent back
+    events_before = len(sync.didomi.events())
+
+    result = sync.live(row_ids=[*(r["msdynmkt_contactpointconsent4id"] for r in rows), untouched[KEY]])
+
+    assert result.state == "success", result.task_states
+    assert len(result.value("pull_changed")) == 3
+    assert counts(push_report(result, "push_consents")).get("sent") == 3
+    assert len(sync.didomi.events()) == events_before + 3
+
+
+KEY = "msdynmkt_contactpointconsent4id"

@@ -51,21 +51,28 @@ def report_row(name: str, report: dict[str, Any], seconds: float) -> dict[str, A
     return row
 
 
-def editor_hook(endpoints: dict[str, Any]) -> Any:
-    """A Dataverse hook signed in as the emulator's 'editor' application user: someone other than the sync."""
+def emulator_hook(endpoints: dict[str, Any], app_user: str = "") -> Any:
+    """A Dataverse hook signed in as one of the emulator's application users: ``""`` the sync's own, ``"editor"``
+    someone else (``<app_user>_client_id`` / ``_client_secret`` in endpoints.json)."""
     from airflow_provider_didomi_dynamics.core.config import Authentication, Secret
     from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 
+    prefix = f"{app_user}_" if app_user else ""
     return DataverseHook.from_config(
         Authentication(
-            client_id=endpoints["editor_client_id"],
-            client_secret=Secret(endpoints["editor_client_secret"]),
+            client_id=endpoints[f"{prefix}client_id"],
+            client_secret=Secret(endpoints[f"{prefix}client_secret"]),
             tenant_id=endpoints["tenant_id"],
             instance=endpoints["dataverse_url"],
         ),
         authority_host=endpoints["authority_host"],
         ca_bundle=endpoints["ca_file"],
     )
+
+
+def editor_hook(endpoints: dict[str, Any]) -> Any:
+    """A Dataverse hook signed in as the emulator's 'editor' application user: someone other than the sync."""
+    return emulator_hook(endpoints, "editor")
 
 
 def edit_contacts_as_a_person(endpoints: dict[str, Any], count: int) -> list[dict[str, Any]]:

@@ -10,9 +10,8 @@ from typing import Any
 
 from dag_e2e_support import Sync, push_report
 
-from airflow_provider_didomi_dynamics.core.config import Authentication, Secret
-from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
 from airflow_provider_didomi_dynamics.hooks.dataverse.webhooks import WebhookSpec, ensure_webhook
+from airflow_provider_didomi_dynamics.local.demo import emulator_hook
 
 
 def test_a_delivered_webhook_payload_triggers_a_run_that_reaches_didomi(sync: Sync) -> None:
@@ -35,16 +34,7 @@ def test_a_delivered_webhook_payload_triggers_a_run_that_reaches_didomi(sync: Sy
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         endpoints = sync.emulators.endpoints
-        hook = DataverseHook.from_config(
-            Authentication(
-                endpoints["client_id"],
-                Secret(endpoints["client_secret"]),
-                endpoints["tenant_id"],
-                endpoints["dataverse_url"],
-            ),
-            authority_host=endpoints["authority_host"],
-            ca_bundle=endpoints["ca_file"],
-        )
+        hook = emulator_hook(endpoints)  # the sync's own application user registers the webhook
         ensure_webhook(
             hook,
             WebhookSpec(

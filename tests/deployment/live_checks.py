@@ -24,6 +24,8 @@ import psutil
 import requests
 from airflow_rest import LocalAirflow
 
+from airflow_provider_didomi_dynamics.local.demo import editor_hook, emulator_hook
+
 LIVE = "dynamics_to_didomi_live"
 REVERSE = "dynamics_to_didomi"
 POLL_S = 2  # DIDOMI_DYNAMICS_LIVE_POLL_SECONDS of the deployment
@@ -35,8 +37,6 @@ class LiveDeployment:
     """The deployment's emulators as the test reaches them: over HTTPS, the admin API and the Web API."""
 
     def __init__(self, local: LocalAirflow) -> None:
-        from airflow_provider_didomi_dynamics.local.demo import editor_hook
-
         self.local = local
         self.endpoints: dict[str, Any] = json.loads((local.workdir / "emulators" / "endpoints.json").read_text())
         self.person = editor_hook(self.endpoints)
@@ -174,23 +174,6 @@ def stop_triggerer(process: subprocess.Popen[bytes]) -> None:
             process.wait(10)
 
 
-def sync_user_hook(endpoints: dict[str, Any]) -> Any:
-    """A Dataverse hook signed in as the sync's own application user: what the forward push writes as."""
-    from airflow_provider_didomi_dynamics.core.config import Authentication, Secret
-    from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook
-
-    return DataverseHook.from_config(
-        Authentication(
-            endpoints["client_id"],
-            Secret(endpoints["client_secret"]),
-            endpoints["tenant_id"],
-            endpoints["dataverse_url"],
-        ),
-        authority_host=endpoints["authority_host"],
-        ca_bundle=endpoints["ca_file"],
-    )
-
-
 def check_live_dag(local: LocalAirflow, report: dict[str, Any]) -> None:
     """Everything [event-driven] item 7 asks of a real scheduler with the triggerer, on ``local``."""
     live = LiveDeployment(local)
@@ -211,7 +194,7 @@ def check_live_dag(local: LocalAirflow, report: dict[str, Any]) -> None:
     # --- our own write fires nothing
     known = {r["dag_run_id"] for r in live.live_runs()}
     runs_before = len(known)
-    own = sync_user_hook(live.endpoints)
+    own = emulator_hook(live.endpoints)  # the sync's own application user
     own.update_multiple("contact", [{"contactid": ours["contactid"], "donotbulkemail": not ours["donotbulkemail"]}])
     live.wait_for_polls(2)
     assert len(live.live_runs()) == runs_before, "our own write started a live run"

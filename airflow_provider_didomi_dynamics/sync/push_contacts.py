@@ -7,6 +7,7 @@ requests, re-reads after a lost create answer, and hands failed rows to the next
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
@@ -15,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import pandas as pd
 import requests
@@ -31,6 +32,7 @@ from airflow_provider_didomi_dynamics.exceptions import (
     ParamError,
 )
 from airflow_provider_didomi_dynamics.hooks.dataverse import DataverseHook, key_path_is_safe, odata_string
+from airflow_provider_didomi_dynamics.hooks.dataverse.writer_budget import SharedWriterBudget, WriterWindow
 from airflow_provider_didomi_dynamics.sync.conflicts import columns_the_contact_keeps
 from airflow_provider_didomi_dynamics.sync.contact_plan import (
     ENTITY,
@@ -52,6 +54,7 @@ DUPLICATE_KEY_CODE = "0x80040237"
 # Errors that say nothing about the rows (auth, privileges, throttling): splitting would only multiply requests.
 _NOT_ROW_ERRORS = frozenset({401, 403, 405, 429})
 _MAX_CREATE_ATTEMPTS = 4
+_LEASE_POLL_S = 0.01  # how often a push whose writers all wait for the shared window asks again
 
 TaskKind = Literal["lookup", "update", "create", "upsert"]
 EventHistory = Callable[[Sequence[str]], Mapping[str, "list[dict[str, Any]] | Exception"]]
@@ -69,6 +72,7 @@ class PushOptions:
     use_alternate_key: bool | None = None  # None: use one when an Active key exists on the key attribute
     sample_size: int = 20
     lookup_parallelism: int = 1  # lookups run in their own lane(s) beside the writers
+    share_writer_budget: bool = True  # one window and 429 pause with the other pushes of this user on this host
 
     def headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
@@ -101,46 +105,6 @@ class _TaskResult:
     follow_ups: list[_Task] = field(default_factory=list)
     plan: PushPlan | None = None
     ok: bool = True
-
-
-@dataclass
-class WriterLimit:
-    """How many writers may send at once, steered by Dataverse's signals like a congestion window.
-
-    ``x-ms-dop-hint`` from the start (Dataverse recommends that many). A 429, or an answer that leaves less than
-    ``SQUEEZED`` of the budget (``x-ms-ratelimit-*-remaining``: a 429 is a request or two away), takes one writer
-    out, at most once per round of answers (those already on their way were sent before the signal). After backing
-    off, one comes back per ``4 x limit`` clean answers in a row. Parallel pushes
-    (mapped chunks, one process each) share one budget that none of them sees whole: this way each settles on its
-    share instead of sending at its full hint into the next Retry-After, which stops all its writers.
-    """
-
-    SQUEEZED: ClassVar[float] = 0.03
-
-    ceiling: int
-    limit: int
-    throttled_seen: int = 0
-    backed_off: bool = False
-    calm: int = 0
-    since_decrease: int = 0
-
-    def answer(self, ok: bool, throttled_total: int, headroom: float | None = None) -> int:
-        """Take one finished request into account (``throttled_total``: the hook's 429s so far; ``headroom``: the
-        share of the budget its answer left, None if unknown); the new limit."""
-        throttled = throttled_total > self.throttled_seen
-        self.throttled_seen = max(self.throttled_seen, throttled_total)
-        self.since_decrease += 1
-        if throttled or (headroom is not None and headroom < self.SQUEEZED):
-            self.calm = 0
-            if not self.backed_off or self.since_decrease > self.limit:
-                self.limit = max(1, self.limit - 1)
-                self.backed_off, self.since_decrease = True, 0
-        elif ok:
-            self.calm += 1
-            if not self.backed_off or self.calm >= 4 * self.limit:
-                self.limit = min(self.ceiling, self.limit + 1)
-                self.calm = 0
-        return self.limit
 
 
 class ContactPusher:
@@ -281,34 +245,57 @@ class ContactPusher:
         writers = self.parallelism
         readers = writers if self.options.dry_run else max(1, self.options.lookup_parallelism)
         backlog_limit = (writers + 1) * self.options.batch_size
-        limit = WriterLimit(writers, writers, throttled_seen=self.hook.stats.throttled_429)
+        budget = None if self.options.dry_run else self._writer_budget(writers)
+        own_window = WriterWindow(writers, writers)
+        throttled_seen = self.hook.stats.throttled_429
         running: dict[TaskKind, int] = {"lookup": 0, "update": 0, "create": 0, "upsert": 0}
         in_flight: dict[Future[_TaskResult], _Task] = {}
+        leases: dict[Future[_TaskResult], str] = {}
 
         progress = Progress("push_contacts", log, total=len(rows), throttled=lambda: self.hook.stats.throttled_429)
 
-        def submit(task: _Task) -> None:
+        def submit(task: _Task) -> Future[_TaskResult]:
             running[task.kind] += 1
-            in_flight[pool.submit(self.run_task, task)] = task
+            future = pool.submit(self.run_task, task)
+            in_flight[future] = task
+            return future
 
-        with ThreadPoolExecutor(max_workers=writers + readers, thread_name_prefix="dataverse-push") as pool:
+        with contextlib.ExitStack() as stack:
+            if budget is not None:
+                stack.enter_context(budget)
+                stack.enter_context(self.hook.gated_by(budget.gate))
+            pool = stack.enter_context(
+                ThreadPoolExecutor(max_workers=writers + readers, thread_name_prefix="dataverse-push")
+            )
             while lookups or writes or in_flight or any(pending.values()):
                 done_looking = not lookups and not running["lookup"]
-                while len(in_flight) - running["lookup"] < limit.limit:
-                    if not writes and not self._cut_batch(pending, writes, limit.limit, done_looking):
+                blocked = False  # the shared window is full: poll for a lease instead of waiting on our own answers
+                while len(in_flight) - running["lookup"] < (writers if budget else own_window.limit):
+                    share = min(writers, budget.share) if budget else own_window.limit
+                    if not writes and not self._cut_batch(pending, writes, share, done_looking):
                         break
-                    submit(writes.popleft())
+                    lease = budget.try_acquire() if budget else None
+                    if budget is not None and lease is None:
+                        blocked = True
+                        break
+                    future = submit(writes.popleft())
+                    if lease is not None:
+                        leases[future] = lease
                 backlog = sum(map(len, pending.values())) + sum(len(t.writes) for t in writes)
                 while lookups and (backlog < backlog_limit or not in_flight):
                     writing = len(in_flight) - running["lookup"]
-                    # A writer slot nobody can use yet (nothing to write) may look up too.
-                    spare = 0 if writes else writers - writing
+                    # A writer slot nobody can use yet (nothing to write) may look up too; not while other pushes
+                    # share the budget: their writes need the request count more than our early lookups.
+                    spare = 0 if writes or (budget is not None and budget.crowded) else writers - writing
                     if running["lookup"] >= readers + spare:
                         break
                     submit(lookups.popleft())
                 if not in_flight:
+                    if blocked:
+                        time.sleep(_LEASE_POLL_S)
+                        continue
                     break
-                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                finished, _ = wait(in_flight, timeout=_LEASE_POLL_S if blocked else None, return_when=FIRST_COMPLETED)
                 for future in finished:
                     task = in_flight.pop(future)
                     running[task.kind] -= 1
@@ -316,9 +303,27 @@ class ContactPusher:
                     self.record(result, report, plan, pending)
                     progress.set(len(report.rows))
                     writes.extend(result.follow_ups)
-                    # a 429 takes one writer out; clean answers bring it back (WriterLimit)
-                    limit.answer(result.ok, self.hook.stats.throttled_429, self.hook.pacer.headroom())
+                    throttled = self.hook.stats.throttled_429 > throttled_seen
+                    throttled_seen = max(throttled_seen, self.hook.stats.throttled_429)
+                    # a 429 or a nearly spent budget takes one writer out; clean answers bring it back (WriterWindow)
+                    headroom = self.hook.pacer.headroom()
+                    lease = leases.pop(future, None)
+                    if lease is not None and budget is not None:
+                        budget.release(lease, result.ok, throttled, headroom)
+                    elif budget is None:
+                        own_window.answer(result.ok, throttled, headroom)
         return plan
+
+    def _writer_budget(self, writers: int) -> SharedWriterBudget | None:
+        """This push's seat at the window it shares with the other pushes of its user on this host; None (each push
+        steers alone) when switched off or when the shared folder cannot be used."""
+        if not self.options.share_writer_budget:
+            return None
+        try:
+            return SharedWriterBudget.for_user(self.hook.web_api, self.hook.settings.client_id, writers)
+        except OSError as error:
+            log.warning("Writer budget not shared with other pushes (%s): this push steers alone", error)
+            return None
 
     def _cut_batch(
         self, pending: dict[TaskKind, list[PlannedWrite]], writes: deque[_Task], writers: int, done_looking: bool

@@ -282,13 +282,21 @@ def test_budget_pacer_holds_only_while_the_budget_is_low() -> None:
 
 def test_writers_back_off_once_per_round_when_an_answer_leaves_the_budget_nearly_spent() -> None:
     """Two chunk pushes share one budget: an answer leaving under 3% of it takes one writer out (a 429 is a request
-    away), the answers already on their way do not take more, and clean answers bring the writer back slowly."""
-    from airflow_provider_didomi_dynamics.sync.push_contacts import WriterLimit
+    away), the answers already on their way do not take more, and clean answers bring writers back as far as the
+    budget they left would hold."""
+    from airflow_provider_didomi_dynamics.hooks.dataverse.writer_budget import WriterWindow
 
-    limit = WriterLimit(ceiling=3, limit=3)
-    assert limit.answer(True, 0, headroom=0.5) == 3
-    assert limit.answer(True, 0, headroom=0.02) == 2  # squeezed
-    assert [limit.answer(True, 0, headroom=0.01) for _ in range(2)] == [2, 2]  # same round: sent before the signal
-    assert limit.answer(True, 0, headroom=0.01) == 1  # a round later, still squeezed
-    assert [limit.answer(True, 0, headroom=0.4) for _ in range(4)] == [1, 1, 1, 2]  # 4 x 1 clean answers
-    assert limit.answer(False, 1, headroom=None) == 1  # a 429: at least one writer stays
+    limit = WriterWindow(ceiling=3, limit=3)
+    assert limit.answer(True, False, headroom=0.5) == 3
+    assert limit.answer(True, False, headroom=0.02) == 2  # squeezed
+    assert [limit.answer(True, False, headroom=0.01) for _ in range(2)] == [2, 2]  # same round: sent before it
+    assert limit.answer(True, False, headroom=0.01) == 1  # a round later, still squeezed
+    assert [limit.answer(True, False, headroom=0.4) for _ in range(2)] == [1, 1]  # 60% a writer: no room
+    assert [limit.answer(True, False, headroom=0.7) for _ in range(2)] == [1, 2]  # room for two, one kept spare
+    assert [limit.answer(True, False, headroom=0.8) for _ in range(4)] == [2, 2, 2, 3]  # never past the ceiling
+    assert limit.answer(False, True, headroom=None) == 2  # a 429 takes one out
+    busy = WriterWindow(ceiling=6, limit=4, backed_off=True)  # 4 writers leaving 4%: a fifth would overrun it
+    assert [busy.answer(True, False, headroom=0.04) for _ in range(8)][-1] == 4
+    assert [busy.answer(True, False, headroom=0.3) for _ in range(8)][-1] == 5  # 30% left: room for one more
+    blind = WriterWindow(ceiling=3, limit=1, backed_off=True)  # no budget headers: one probe per 4 x limit
+    assert [blind.answer(True, False, headroom=None) for _ in range(4)] == [1, 1, 1, 2]

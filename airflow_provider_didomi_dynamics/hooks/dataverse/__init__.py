@@ -8,6 +8,7 @@
 - ``settings``: the connection's fields, validated; ``auth``: msal apps and bearer tokens, Entra ID wording
 - ``odata``: quoting, ``In`` filters and URL-length chunking, datetimes; ``tables``: the ``Table`` descriptor
 - ``matching``: rows back to the keys asked for; ``pacing``: the service-protection budget pacer
+- ``writer_budget``: one writer window and 429 pause shared by the pushes of one application user on a host
 - ``batch``: ``$batch`` bodies; ``webhooks``: the webhook registration; ``caches``: process-wide caches
 """
 

@@ -292,6 +292,16 @@ class DataverseHook(DataverseMetadata, DataverseWrites, BaseHook):
             with contextlib.suppress(ValueError):
                 self._dop_hint = max(1, int(hint))
 
+    @contextlib.contextmanager
+    def gated_by(self, gate: ThrottleGate) -> Iterator[None]:
+        """Send this block's requests through ``gate`` (a push sharing one 429 pause with the other pushes of its
+        application user), then the hook's own gate again."""
+        previous, self.gate = self.gate, gate
+        try:
+            yield
+        finally:
+            self.gate = previous
+
     def _count_throttle(self, _seconds: float) -> None:
         with self._stats_lock:
             self.stats.throttled_429 += 1

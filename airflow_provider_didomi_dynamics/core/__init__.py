@@ -1,1 +1,2 @@
-"""Pure building blocks: the config, the column grammar, coercion, windows and the run report (no Airflow, no I/O)."""
+"""Pure building blocks: the config, the column grammar, coercion, windows, the run report and the collector's
+freeze for pushes (no Airflow, no I/O)."""

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import pandas as pd
 import requests
 
+from airflow_provider_didomi_dynamics.core.collector import frozen_heap
 from airflow_provider_didomi_dynamics.core.config import IntegrationConfig
 from airflow_provider_didomi_dynamics.core.progress import Progress
 from airflow_provider_didomi_dynamics.core.report import Outcome, RunReport
@@ -54,6 +55,7 @@ DUPLICATE_KEY_CODE = "0x80040237"
 # Errors that say nothing about the rows (auth, privileges, throttling): splitting would only multiply requests.
 _NOT_ROW_ERRORS = frozenset({401, 403, 405, 429})
 _MAX_CREATE_ATTEMPTS = 4
+_SMALLEST_CUT = 4  # the last writes of a push are cut down to a quarter of a batch at the smallest
 _LEASE_POLL_S = 0.01  # how often a push whose writers all wait for the shared window asks again
 
 TaskKind = Literal["lookup", "update", "create", "upsert"]
@@ -161,7 +163,8 @@ class ContactPusher:
                 report.add(row.key, Outcome.SKIPPED, reason)
             report.note_retried([row.key for row in retry])
             metadata.result()
-        plan = self.execute(rows, report)
+        with frozen_heap():  # no full collection walks the task's heap while the writers wait on Dataverse
+            plan = self.execute(rows, report)
         log.info("Push plan: %s", plan.counts())
         report.extra["plan"] = plan.counts()
         if self.options.dry_run:
@@ -207,7 +210,11 @@ class ContactPusher:
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="dataverse-prepare") as side:
             asked: list[Future[Any]] = [side.submit(self.check_attributes), side.submit(lambda: self.hook.user_id)]
             if not self.options.dry_run:
-                asked.append(side.submit(self.hook.has_bulk_message, "UpdateMultiple", ENTITY))
+                messages = [
+                    "UpdateMultiple",
+                    *(["UpsertMultiple", "CreateMultiple"] if self.config.upsert_mode else []),
+                ]
+                asked.append(side.submit(self.hook.learn_bulk_messages, messages, ENTITY))
                 if self.config.upsert_mode:
                     asked.append(side.submit(self._choose_create_message))
             for future in asked:
@@ -215,7 +222,6 @@ class ContactPusher:
 
     def _choose_create_message(self) -> None:
         self._by_key = self.use_alternate_key()
-        self.hook.has_bulk_message("UpsertMultiple" if self._by_key else "CreateMultiple", ENTITY)
 
     def use_alternate_key(self) -> bool:
         if self.options.use_alternate_key is not None:
@@ -251,14 +257,30 @@ class ContactPusher:
         running: dict[TaskKind, int] = {"lookup": 0, "update": 0, "create": 0, "upsert": 0}
         in_flight: dict[Future[_TaskResult], _Task] = {}
         leases: dict[Future[_TaskResult], str] = {}
+        resolved_any = False  # whether a lookup has answered yet
 
         progress = Progress("push_contacts", log, total=len(rows), throttled=lambda: self.hook.stats.throttled_429)
+
+        sent_at: dict[Future[_TaskResult], float] = {}
+        seconds_per_row = 0.0  # how long a write takes per row, smoothed: says when the writers in flight free up
 
         def submit(task: _Task) -> Future[_TaskResult]:
             running[task.kind] += 1
             future = pool.submit(self.run_task, task)
             in_flight[future] = task
+            sent_at[future] = time.monotonic()
             return future
+
+        def rows_left_in_flight() -> float:
+            """The rows the writes on their way still have to write, by how long a write of their size takes."""
+            now, left = time.monotonic(), 0.0
+            for future, task in in_flight.items():
+                if task.kind == "lookup" or not task.writes:
+                    continue
+                expected = seconds_per_row * len(task.writes)
+                done = (now - sent_at[future]) / expected if expected > 0 else 0.0
+                left += len(task.writes) * max(0.0, 1.0 - done)
+            return left
 
         with contextlib.ExitStack() as stack:
             if budget is not None:
@@ -272,7 +294,8 @@ class ContactPusher:
                 blocked = False  # the shared window is full: poll for a lease instead of waiting on our own answers
                 while len(in_flight) - running["lookup"] < (writers if budget else own_window.limit):
                     share = min(writers, budget.share) if budget else own_window.limit
-                    if not writes and not self._cut_batch(pending, writes, share, done_looking):
+                    in_flight_rows = rows_left_in_flight() if done_looking else 0.0
+                    if not writes and not self._cut_batch(pending, writes, share, done_looking, in_flight_rows):
                         break
                     lease = budget.try_acquire() if budget else None
                     if budget is not None and lease is None:
@@ -286,7 +309,11 @@ class ContactPusher:
                     writing = len(in_flight) - running["lookup"]
                     # A writer slot nobody can use yet (nothing to write) may look up too; not while other pushes
                     # share the budget: their writes need the request count more than our early lookups.
+                    # The first lookup goes alone: sent beside three more, it waits for their answers on the
+                    # server and the first write with it.
                     spare = 0 if writes or (budget is not None and budget.crowded) else writers - writing
+                    if not resolved_any:
+                        spare = 0
                     if running["lookup"] >= readers + spare:
                         break
                     submit(lookups.popleft())
@@ -300,6 +327,11 @@ class ContactPusher:
                     task = in_flight.pop(future)
                     running[task.kind] -= 1
                     result = future.result()
+                    took = time.monotonic() - sent_at.pop(future)
+                    if task.kind != "lookup" and task.writes and result.ok:
+                        rate = took / len(task.writes)
+                        seconds_per_row = rate if not seconds_per_row else 0.7 * seconds_per_row + 0.3 * rate
+                    resolved_any = resolved_any or task.kind == "lookup"
                     self.record(result, report, plan, pending)
                     progress.set(len(report.rows))
                     writes.extend(result.follow_ups)
@@ -326,19 +358,27 @@ class ContactPusher:
             return None
 
     def _cut_batch(
-        self, pending: dict[TaskKind, list[PlannedWrite]], writes: deque[_Task], writers: int, done_looking: bool
+        self,
+        pending: dict[TaskKind, list[PlannedWrite]],
+        writes: deque[_Task],
+        writers: int,
+        done_looking: bool,
+        in_flight_rows: float = 0.0,
     ) -> bool:
-        """Queue one bulk write from the fullest buffer: a full batch, or (every key resolved) a share of what is
-        left sized so the remaining rounds keep every writer busy. False when nothing can be cut yet."""
+        """Queue one bulk write from the fullest buffer: a full batch, or (every key resolved) this writer's share
+        of what is left, counting the rows the writes on their way still have to write, so the writers finish
+        together instead of one trailing behind. False when nothing can be cut yet."""
         kind, buffer = max(pending.items(), key=lambda item: len(item[1]))
         size = self.options.batch_size
         if not buffer or (len(buffer) < size and not done_looking):
             return False
-        if done_looking:  # this kind's share of the last rounds, so no small batch trails behind
+        if done_looking:
             total = sum(map(len, pending.values()))
-            rounds = math.ceil(total / _final_batch_size(total, size, writers))
-            share = max(1, round(rounds * len(buffer) / total))
-            size = max(1, min(size, math.ceil(len(buffer) / share)))
+            smallest = math.ceil(size / _SMALLEST_CUT)  # below that a request costs more than the wait it saves
+            share = max(smallest, math.ceil((total + in_flight_rows) / max(1, writers)))
+            if len(buffer) - share < smallest:  # no crumb left behind for one more request
+                share = len(buffer)
+            size = max(1, min(size, share))
         writes.append(_Task(kind, buffer[:size]))
         del buffer[:size]
         return True
@@ -534,14 +574,6 @@ class ContactPusher:
 
 
 _CLOCK_SKEW = dt.timedelta(minutes=2)
-
-
-def _final_batch_size(rows: int, batch_size: int, writers: int) -> int:
-    """Size of the last batches: whole rounds for every writer, so they finish together instead of one by one."""
-    batches = math.ceil(rows / batch_size)
-    if batches > writers:  # several rounds: make every round full
-        batches = math.ceil(batches / writers) * writers
-    return max(1, min(batch_size, math.ceil(rows / batches)))
 
 
 def _failed(task: _Task, reason: str) -> _TaskResult:

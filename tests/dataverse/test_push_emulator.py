@@ -127,7 +127,8 @@ def test_a_bad_row_inside_a_bulk_request_is_isolated_and_the_rest_land(org: Org)
     values = Counter(r["new_frequency"] for r in org.model.contacts_rows())
     assert values == {"daily": 298, None: 2}
     # two bad batches of 100 split in halves down to one row: about 2 x 2 x log2(100) extra requests, not 100s
-    assert org.total(route_contains="UpdateMultiple") <= 3 + 2 * 2 * 7
+    # (on top of 3 to 5 first writes: the last rows may be cut smaller so the three writers finish together)
+    assert org.total(route_contains="UpdateMultiple") <= 5 + 2 * 2 * 7
 
 
 def test_dry_run_writes_nothing_and_reports_the_plan(org: Org) -> None:
@@ -145,9 +146,14 @@ def test_batch_size_and_bypass_headers(org: Org) -> None:
     org.add([{"emailaddress1": f"b{i}@x.com"} for i in range(250)])
     hook = org.hook()
     headers: list[dict[str, str]] = []
-    hook.get_conn().hooks["response"].append(
-        lambda r, *a, **k: headers.append(dict(r.request.headers)) if "CRM.UpdateMultiple" in r.request.url else None
-    )
+    sizes: list[int] = []
+
+    def seen(r: Any, *_a: Any, **_k: Any) -> None:
+        if "CRM.UpdateMultiple" in r.request.url:
+            headers.append(dict(r.request.headers))
+            sizes.append(len(json.loads(r.request.body)["Targets"]))
+
+    hook.get_conn().hooks["response"].append(seen)
     report, _ = push(
         org,
         [row(f"b{i}@x.com", followemail=False) for i in range(250)],
@@ -157,8 +163,9 @@ def test_batch_size_and_bypass_headers(org: Org) -> None:
         bypass_flows=True,
     )
     assert outcomes(report) == {"updated": 250}
-    assert org.total(3, route_contains="UpdateMultiple") == 3
-    assert len(headers) == 3
+    # never more than batch_size rows a request; the last ones may be cut smaller so the writers finish together
+    assert sum(sizes) == 250 and max(sizes) == 100 and 3 <= len(sizes) <= 5, sizes
+    assert org.total(3, route_contains="UpdateMultiple") == len(sizes)
     for h in headers:
         assert h["MSCRM.BypassBusinessLogicExecution"] == "CustomSync,CustomAsync"
         assert h["MSCRM.SuppressCallbackRegistrationExpanderJob"] == "true"
@@ -265,7 +272,8 @@ def test_token_expiry_mid_run(org: Org) -> None:
     hook.update_multiple = expire_after_first  # type: ignore[method-assign]
     report, _ = push(org, [row(f"t{i}@x.com", donotphone=True) for i in range(100)], hook=hook, batch_size=10)
     assert outcomes(report) == {"updated": 100}
-    assert org.total(route_contains="UpdateMultiple", status=401) >= 1
+    # the next request after the expiry (a write, or the lookup of the next keys) met a 401 and renewed the token
+    assert org.total(status=401) >= 1
     assert all(r["donotphone"] is True for r in org.model.contacts_rows())
 
 

@@ -171,6 +171,21 @@ class DataverseMetadata:
             log.info("Dataverse org has no %s for %s: writes go through $batch changesets", message, entity)
         return available
 
+    def learn_bulk_messages(self, messages: Iterable[str], table: Table | str = CONTACT) -> None:
+        """Ask in one request which of ``messages`` the org offers for the table, for ``has_bulk_message``: a push
+        needs two or three of them before its first write, and one round trip costs less than three."""
+        entity = as_table(table).logical_name
+        unknown = [
+            m for m in dict.fromkeys(messages) if BULK_SUPPORT.get((self.settings.instance_url, m, entity)) is None
+        ]
+        if not unknown:
+            return
+        offered = self.bulk_messages(unknown, table)
+        for message in unknown:
+            BULK_SUPPORT.set((self.settings.instance_url, message, entity), message in offered)
+            if message not in offered:
+                log.info("Dataverse org has no %s for %s: writes go through $batch changesets", message, entity)
+
     def bulk_messages(self, messages: Iterable[str], table: Table | str = CONTACT) -> set[str]:
         """Which of ``messages`` the org offers for the table, in one request (not cached: the preflight's view)."""
         wanted = list(messages)

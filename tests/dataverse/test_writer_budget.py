@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -119,10 +120,8 @@ def test_two_pushes_of_one_user_at_once_land_every_row_once_and_leave_the_window
     for thread in threads:
         thread.start()
     while any(t.is_alive() for t in threads):
-        try:  # read without the lock: a write may be half done
+        with contextlib.suppress(OSError, ValueError, KeyError):  # read without the lock: a write may be half done
             seats_seen.append(len(json.loads(path.read_text())["seats"]))
-        except (OSError, ValueError, KeyError):
-            pass
         time.sleep(0.02)
     for thread in threads:
         thread.join()

@@ -257,12 +257,11 @@ class ContactPusher:
         running: dict[TaskKind, int] = {"lookup": 0, "update": 0, "create": 0, "upsert": 0}
         in_flight: dict[Future[_TaskResult], _Task] = {}
         leases: dict[Future[_TaskResult], str] = {}
+        sent_at: dict[Future[_TaskResult], float] = {}
+        seconds_per_row = 0.0  # how long a write takes per row, smoothed: says when the writers in flight free up
         resolved_any = False  # whether a lookup has answered yet
 
         progress = Progress("push_contacts", log, total=len(rows), throttled=lambda: self.hook.stats.throttled_429)
-
-        sent_at: dict[Future[_TaskResult], float] = {}
-        seconds_per_row = 0.0  # how long a write takes per row, smoothed: says when the writers in flight free up
 
         def submit(task: _Task) -> Future[_TaskResult]:
             running[task.kind] += 1
@@ -308,12 +307,11 @@ class ContactPusher:
                 while lookups and (backlog < backlog_limit or not in_flight):
                     writing = len(in_flight) - running["lookup"]
                     # A writer slot nobody can use yet (nothing to write) may look up too; not while other pushes
-                    # share the budget: their writes need the request count more than our early lookups.
-                    # The first lookup goes alone: sent beside three more, it waits for their answers on the
-                    # server and the first write with it.
-                    spare = 0 if writes or (budget is not None and budget.crowded) else writers - writing
-                    if not resolved_any:
-                        spare = 0
+                    # share the budget (their writes need the request count more than our early lookups), and not
+                    # before the first lookup answers: sent beside three more, it would wait for their answers on the
+                    # server, and the first write with it.
+                    no_spare = bool(writes) or not resolved_any or (budget is not None and budget.crowded)
+                    spare = 0 if no_spare else writers - writing
                     if running["lookup"] >= readers + spare:
                         break
                     submit(lookups.popleft())

@@ -152,39 +152,27 @@ class DataverseMetadata:
 
     def has_bulk_message(self, message: str, table: Table | str = CONTACT) -> bool:
         """Whether the org offers ``message`` (e.g. UpsertMultiple) for the table: asked once per process."""
-        entity = as_table(table).logical_name
-        key = (self.settings.instance_url, message, entity)
-        known = BULK_SUPPORT.get(key)
-        if known is not None:
-            return known
-        body = self.get_json(
-            "sdkmessagefilters",
-            {
-                "$select": "sdkmessagefilterid",
-                "$filter": f"sdkmessageid/name eq {odata_string(message)} and primaryobjecttypecode eq "
-                f"{odata_string(entity)}",
-            },
-        )
-        available = bool(body.get("value"))
-        BULK_SUPPORT.set(key, available)
-        if not available:
-            log.info("Dataverse org has no %s for %s: writes go through $batch changesets", message, entity)
-        return available
+        self.learn_bulk_messages([message], table)
+        return bool(BULK_SUPPORT.get(self._bulk_key(message, table)))
 
     def learn_bulk_messages(self, messages: Iterable[str], table: Table | str = CONTACT) -> None:
         """Ask in one request which of ``messages`` the org offers for the table, for ``has_bulk_message``: a push
         needs two or three of them before its first write, and one round trip costs less than three."""
-        entity = as_table(table).logical_name
-        unknown = [
-            m for m in dict.fromkeys(messages) if BULK_SUPPORT.get((self.settings.instance_url, m, entity)) is None
-        ]
+        unknown = [m for m in dict.fromkeys(messages) if BULK_SUPPORT.get(self._bulk_key(m, table)) is None]
         if not unknown:
             return
         offered = self.bulk_messages(unknown, table)
         for message in unknown:
-            BULK_SUPPORT.set((self.settings.instance_url, message, entity), message in offered)
+            BULK_SUPPORT.set(self._bulk_key(message, table), message in offered)
             if message not in offered:
-                log.info("Dataverse org has no %s for %s: writes go through $batch changesets", message, entity)
+                log.info(
+                    "Dataverse org has no %s for %s: writes go through $batch changesets",
+                    message,
+                    as_table(table).logical_name,
+                )
+
+    def _bulk_key(self, message: str, table: Table | str) -> tuple[str, str, str]:
+        return (self.settings.instance_url, message, as_table(table).logical_name)
 
     def bulk_messages(self, messages: Iterable[str], table: Table | str = CONTACT) -> set[str]:
         """Which of ``messages`` the org offers for the table, in one request (not cached: the preflight's view)."""
